@@ -1,0 +1,32 @@
+"""Installable package for staged_vlm_jax: staged GRPO post-training of vision-language models in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="staged_vlm_jax",
+    version="0.1.0",
+    description="JAX/Flax NNX staged RL post-training (perception -> text reasoning -> visual reasoning) of VLMs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["staged_vlm_jax", "staged_vlm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.0,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "grain>=0.2.18,<0.3",
+        "ml-collections>=1.1,<2",
+        "transformers>=5.0,<6",
+        "safetensors>=0.6,<1",
+        "numpy>=2.0,<3",
+        "pillow>=10,<14",
+    ],
+    extras_require={
+        # torch is the parity oracle only; 2.13.0 exactly (a looser pin pulls a multi-GB CUDA build).
+        "test": ["pytest>=8,<10", "ruff>=0.15,<1", "torch==2.13.0"],
+        "gpu": ["jax[cuda13]>=0.10.0,<0.11"],
+        "tpu": ["jax[tpu]>=0.10.0,<0.11"],
+    },
+    entry_points={"console_scripts": ["staged-vlm=staged_vlm_jax.cli:main"]},
+)

@@ -1,0 +1,236 @@
+"""Transformer building blocks shared by every model family.
+
+Each parameter is an ``nnx.Param`` carrying ``logical_axes`` metadata (one name per dimension); `sharding.py`
+turns those names into mesh shardings, so no module here knows about devices. Numerics follow the Hugging Face
+reference implementations: RMSNorm and softmax run in float32 and cast back, rotary tables are computed in
+float32, and masked attention uses the dtype's most negative finite value (not -inf) so that fully masked query
+rows (left padding) stay finite, exactly as HF's eager attention does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LogicalAxes = tuple[str | None, ...]
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
+
+def activation(name: str):
+    """Looks up an activation by its Hugging Face ``hidden_act`` name."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def param(rngs: nnx.Rngs | None, shape: Sequence[int], dtype, axes: LogicalAxes, init: str = "normal") -> nnx.Param:
+    """A parameter with logical axis names; ``init`` is "normal" (std 0.02, HF's default), "zeros" or "ones"."""
+    if len(axes) != len(shape):
+        raise ValueError(f"logical axes {axes} do not match shape {tuple(shape)}")
+    if init == "normal":
+        value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+    elif init == "zeros":
+        value = jnp.zeros(shape, jnp.float32)
+    elif init == "ones":
+        value = jnp.ones(shape, jnp.float32)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value.astype(dtype), logical_axes=tuple(axes))
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias with ``kernel`` laid out [in, *out] (HF stores the transpose, [out, in])."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_shape: int | Sequence[int],
+        *,
+        axes: LogicalAxes,
+        use_bias: bool,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
+        out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
+        self.kernel = param(rngs, (in_features, *out_shape), dtype, axes)
+        self.bias = param(rngs, out_shape, dtype, axes[1:], init="zeros") if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.tensordot(x, self.kernel[...], axes=1)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * weight, normalised in float32 and cast back before the scale (as HF does)."""
+
+    def __init__(self, dim: int, *, eps: float, dtype, axes: LogicalAxes = ("norm",)):
+        self.weight = param(None, (dim,), dtype, axes, init="ones")
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * x32.astype(x.dtype)
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU-style MLP: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int, *, act: str, use_bias: bool, axes: tuple[str, str], dtype, rngs):
+        embed, mlp = axes
+        self.gate_proj = Linear(dim, hidden, axes=(embed, mlp), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.up_proj = Linear(dim, hidden, axes=(embed, mlp), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.down_proj = Linear(hidden, dim, axes=(mlp, embed), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(activation(self.act)(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Embed(nnx.Module):
+    """Token embedding table [vocab, embed]; ``attend`` gives tied-embedding logits."""
+
+    def __init__(self, vocab: int, dim: int, *, dtype, rngs):
+        self.weight = param(rngs, (vocab, dim), dtype, ("vocab", "embed"))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.weight[...], ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return x @ self.weight[...].T
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rotary embeddings
+
+
+def rotary_inv_freq(dim: int, theta: float) -> jax.Array:
+    """inv_freq[i] = theta^(-2i/dim) for i < dim/2, in float32."""
+    return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x * cos + rotate_half(x) * sin; ``cos``/``sin`` broadcast over the heads axis (second to last)."""
+    return x * cos[..., None, :] + rotate_half(x) * sin[..., None, :]
+
+
+def mrope_cos_sin(
+    positions: jax.Array, inv_freq: jax.Array, mrope_section: Sequence[int], dtype
+) -> tuple[jax.Array, jax.Array]:
+    """Multimodal rotary tables (Qwen2-VL M-RoPE).
+
+    ``positions`` is [3, B, T] (temporal, height, width). Frequency band j of the half head-dim takes its angle from
+    the position axis ``section_index(j) % 3`` where the bands are cut by ``mrope_section``; the half is then
+    duplicated, as in HF's ``recomposition_frequencies``. Returns cos, sin of shape [B, T, head_dim] in ``dtype``.
+    """
+    if sum(mrope_section) != inv_freq.shape[0]:
+        raise ValueError(f"mrope_section {list(mrope_section)} must sum to head_dim/2 = {inv_freq.shape[0]}")
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, D/2]
+    axis_of_band = jnp.concatenate([jnp.full((n,), i % 3, jnp.int32) for i, n in enumerate(mrope_section)])
+    freqs = jnp.take_along_axis(freqs, axis_of_band[None, None, None, :], axis=0)[0]  # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """Grouped-query attention with a boolean mask.
+
+    q [B, Tq, H, D], k/v [B, Tk, Hkv, D] with H a multiple of Hkv (query head h reads kv head h // (H/Hkv), as
+    HF's ``repeat_kv``), mask [B, Tq, Tk] (True = attend). Softmax runs in float32. One place for the attention
+    kernel, so a fused implementation (cuDNN, splash) can replace it without touching the models.
+    """
+    b, tq, h, d = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, tq, hkv, h // hkv, d)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k) * scale
+    big_neg = jnp.finfo(scores.dtype).min
+    scores = jnp.where(mask[:, None, None, :, :], scores, big_neg)
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
+    return out.reshape(b, tq, h, d)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Fixed-size key/value cache for incremental decoding.
+
+    keys/values: per layer [B, S, Hkv, D]; ``key_mask`` [B, S] marks slots holding real (non-pad) tokens;
+    ``length`` is the number of slots written (shared by the batch: prompts are left-padded to one length);
+    ``next_position`` [B] is the rotary position of each row's next token (M-RoPE positions run ahead of the slot
+    index after an image, HF's ``rope_deltas``).
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    key_mask: jax.Array
+    length: jax.Array
+    next_position: jax.Array
+
+    @property
+    def size(self) -> int:
+        return self.key_mask.shape[1]
+
+
+class Attention(nnx.Module):
+    """Causal self-attention with GQA, q/k/v bias and rotary embeddings; optionally reads/writes a KV cache."""
+
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, *, qkv_bias: bool, dtype, rngs):
+        if dim % num_heads or num_heads % num_kv_heads:
+            raise ValueError(f"hidden {dim} / heads {num_heads} / kv heads {num_kv_heads} are not compatible")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
+        hd = self.head_dim
+        self.q_proj = Linear(dim, num_heads * hd, axes=("embed", "heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Linear(
+            dim, num_kv_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs
+        )
+        self.v_proj = Linear(
+            dim, num_kv_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs
+        )
+        self.o_proj = Linear(num_heads * hd, dim, axes=("heads", "embed"), use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        key_mask: jax.Array,
+        cache_kv: tuple[jax.Array, jax.Array] | None = None,
+        start: jax.Array | int = 0,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x [B, T, E]; key_mask [B, S]. Without a cache S = T. With ``cache_kv`` ([B, S, Hkv, D] each), the new
+        keys/values are written at slots [start, start + T) and the queries attend to every written slot up to
+        their own (causal by slot). Returns the output and the (updated) keys/values."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache_kv is not None:
+            k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (0, start, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (0, start, 0, 0))
+        query_slot = start + jnp.arange(t)
+        causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]
+        mask = causal[None] & key_mask[:, None, :].astype(bool)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5)
+        return self.o_proj(out.reshape(b, t, -1)), (k, v)

@@ -1,0 +1,406 @@
+"""Qwen2.5-VL in Flax NNX: config dataclasses (with HF config.json conversion), 3-D rotary positions, the model.
+
+The forward takes the tensors HF's ``Qwen2_5_VLForConditionalGeneration.forward`` takes (``input_ids``,
+``attention_mask``, flattened ``pixel_values`` and ``image_grid_thw``) and computes the same logits. Besides the
+full forward, `prefill` / `decode` run the very same layers against a `KVCache`, so the rollout engine and the
+learner share one module and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from staged_vlm_jax.models.layers import (
+    Attention,
+    Embed,
+    GatedMLP,
+    KVCache,
+    Linear,
+    RMSNorm,
+    mrope_cos_sin,
+    rotary_inv_freq,
+)
+from staged_vlm_jax.models.vision import VisionTransformer
+
+
+class ConfigError(ValueError):
+    """A config.json (or config dict) that cannot describe a supported model; the message names the key."""
+
+
+class ImageTokenMismatchError(ValueError):
+    """The number of image placeholder tokens differs from the number of image features."""
+
+
+def _require(d: dict[str, Any], key: str, where: str):
+    if key not in d:
+        raise ConfigError(f"{where}: required key {key!r} is missing")
+    return d[key]
+
+
+def _rope(d: dict[str, Any]) -> dict[str, Any]:
+    """Rope settings: transformers 5 keeps them in ``rope_parameters``, older configs in ``rope_scaling``."""
+    rope = dict(d.get("rope_scaling") or {})
+    rope.update(d.get("rope_parameters") or {})
+    if "rope_theta" in d:
+        rope.setdefault("rope_theta", d["rope_theta"])
+    return rope
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    depth: int = 32
+    hidden_size: int = 1280
+    intermediate_size: int = 3420
+    num_heads: int = 16
+    out_hidden_size: int = 3584
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
+    in_channels: int = 3
+    hidden_act: str = "silu"
+    rope_theta: float = 10000.0
+    tokens_per_second: int = 2
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> VisionConfig:
+        where = "config.json vision_config"
+        fields = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "fullatt_block_indexes"}
+        kwargs = {k: d[k] for k in fields if k in d}
+        for key in ("depth", "hidden_size", "num_heads", "out_hidden_size"):
+            _require(d, key, where)
+        return cls(
+            **kwargs,
+            fullatt_block_indexes=tuple(d.get("fullatt_block_indexes", cls.fullatt_block_indexes)),
+            rope_theta=float(_rope(d).get("rope_theta", cls.rope_theta)),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["fullatt_block_indexes"] = list(self.fullatt_block_indexes)
+        d["rope_parameters"] = {"rope_type": "axial", "rope_theta": d.pop("rope_theta")}
+        d["model_type"] = "qwen2_5_vl_vision"
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 152064
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    mrope_section: tuple[int, ...] = (16, 24, 24)
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 128000
+    bos_token_id: int | None = 151643
+    eos_token_id: int | list[int] | None = 151645
+    pad_token_id: int | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> TextConfig:
+        where = "config.json text_config"
+        if d.get("use_sliding_window"):
+            raise ConfigError(f"{where}: use_sliding_window=true is not supported (Qwen2.5-VL never uses it)")
+        rope = _rope(d)
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", "mrope"):
+            raise ConfigError(f"{where}: rope_type {rope.get('rope_type')!r} is not supported; expected 'default'")
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        for key in required:
+            _require(d, key, where)
+        fields = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "mrope_section"}
+        kwargs = {k: d[k] for k in fields if k in d}
+        kwargs.setdefault("num_key_value_heads", d["num_attention_heads"])
+        return cls(
+            **kwargs,
+            rope_theta=float(rope.get("rope_theta", cls.rope_theta)),
+            mrope_section=tuple(rope.get("mrope_section", cls.mrope_section)),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": d.pop("rope_theta"),
+            "mrope_section": list(d.pop("mrope_section")),
+        }
+        d["model_type"] = "qwen2_5_vl_text"
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2_5_VLConfig:
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    tie_word_embeddings: bool = False
+
+    model_type = "qwen2_5_vl"
+    architecture = "Qwen2_5_VLForConditionalGeneration"
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> Qwen2_5_VLConfig:
+        # Hub checkpoints keep the text fields at the top level; transformers 5 nests them under text_config.
+        text = d.get("text_config") or d
+        top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+               if k in d}  # fmt: skip
+        tie = d.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
+        return cls(
+            text=TextConfig.from_hf(text),
+            vision=VisionConfig.from_hf(_require(d, "vision_config", "config.json")),
+            tie_word_embeddings=bool(tie),
+            **top,
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        return {
+            "architectures": [self.architecture],
+            "model_type": self.model_type,
+            "text_config": self.text.to_hf(),
+            "vision_config": self.vision.to_hf(),
+            "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
+
+
+def tiny_config(vocab_size: int = 512, tie_word_embeddings: bool = False) -> Qwen2_5_VLConfig:
+    """A few-hundred-thousand-parameter Qwen2.5-VL for tests and the CPU demo (two windows per 112 px image)."""
+    special = vocab_size - 4  # the last ids are the vision specials, as in the real vocabulary's tail
+    return Qwen2_5_VLConfig(
+        text=TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=10000.0,
+            mrope_section=(2, 3, 3),
+            max_position_embeddings=4096,
+            bos_token_id=None,
+            eos_token_id=special - 1,
+            pad_token_id=special - 2,
+        ),
+        vision=VisionConfig(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            window_size=56,
+            fullatt_block_indexes=(1,),
+        ),
+        image_token_id=special,
+        video_token_id=special + 1,
+        vision_start_token_id=special + 2,
+        vision_end_token_id=special + 3,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
+def rope_positions(
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    image_grid_thw: jax.Array | None,
+    *,
+    image_token_id: int,
+    merge_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """3-D M-RoPE positions of HF's ``get_rope_index`` for images, as array ops (jit-friendly).
+
+    Text tokens advance all three axes by one. An image of llm grid (t, h, w) starting at position s gives its
+    tokens (s + frame, s + row, s + col) and advances the next text position to s + max(h, w). Padding positions
+    are 0. Returns positions [3, B, T] and the position of each row's next token [B] (HF's ``rope_deltas`` + length).
+    """
+    valid = attention_mask.astype(bool)
+    is_image = (input_ids == image_token_id) & valid
+    advance = (valid & ~is_image).astype(jnp.int32)
+    offsets = jnp.zeros((3, *input_ids.shape), jnp.int32)
+    if image_grid_thw is not None and image_grid_thw.shape[0] > 0:
+        grid = image_grid_thw.astype(jnp.int32)
+        h, w = grid[:, 1] // merge_size, grid[:, 2] // merge_size
+        tokens = grid[:, 0] * h * w
+        ends = jnp.cumsum(tokens)
+        flat = is_image.reshape(-1)
+        index = (jnp.cumsum(flat) - 1).reshape(input_ids.shape)  # rank among all image tokens of the batch
+        image = jnp.clip(jnp.searchsorted(ends, index, side="right"), 0, grid.shape[0] - 1)
+        offset = index - (ends - tokens)[image]
+        frame = offset // (h * w)[image]
+        row, col = (offset // w[image]) % h[image], offset % w[image]
+        last = is_image & (offset == tokens[image] - 1)
+        advance = advance + jnp.where(last, jnp.maximum(h, w)[image], 0)
+        offsets = jnp.where(is_image[None], jnp.stack([frame, row, col]), 0)
+    start = jnp.cumsum(advance, axis=1) - advance
+    positions = jnp.where(valid[None], start[None] + offsets, 0)
+    return positions, jnp.max(positions, axis=(0, 2)) + 1
+
+
+def check_image_tokens(input_ids, num_features: int, image_token_id: int) -> None:
+    """Host-side check (when the ids are concrete) that placeholders and image features agree in number."""
+    if isinstance(input_ids, jax.core.Tracer):
+        return
+    per_row = np.asarray(input_ids == image_token_id).sum(axis=-1)
+    if int(per_row.sum()) != num_features:
+        raise ImageTokenMismatchError(
+            f"image placeholder tokens (id {image_token_id}) per row {per_row.tolist()} sum to {int(per_row.sum())}, "
+            f"but the vision tower produced {num_features} image features (from image_grid_thw); the prompt's "
+            "<|image_pad|> expansion and the image preprocessing disagree"
+        )
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.self_attn = Attention(
+            cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, qkv_bias=True, dtype=dtype, rngs=rngs
+        )
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, use_bias=False,
+                            axes=("embed", "mlp"), dtype=dtype, rngs=rngs)  # fmt: skip
+
+    def __call__(self, x, cos, sin, key_mask, cache_kv=None, start=0):
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cache_kv, start)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class TextModel(nnx.Module):
+    """The Qwen2 decoder: embeddings, layers with M-RoPE, final norm."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+
+    def __call__(self, x, positions, key_mask, cache=None, start=0):
+        cfg = self.cfg
+        cos, sin = mrope_cos_sin(positions, rotary_inv_freq(cfg.head_dim, cfg.rope_theta), cfg.mrope_section, x.dtype)
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, cos, sin, key_mask, None if cache is None else cache[i], start)
+            new_kv.append(kv)
+        return self.norm(x), new_kv
+
+
+class Qwen2_5_VL(nnx.Module):
+    """Qwen2.5-VL for conditional generation (vision tower + Qwen2 decoder + LM head)."""
+
+    def __init__(self, cfg: Qwen2_5_VLConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg.vision, dtype=dtype, rngs=rngs)
+        self.language_model = TextModel(cfg.text, dtype=dtype, rngs=rngs)
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Linear(cfg.text.hidden_size, cfg.text.vocab_size, axes=("embed", "vocab"), use_bias=False,
+                        dtype=dtype, rngs=rngs)  # fmt: skip
+        )
+
+    @property
+    def dtype(self):
+        return self.language_model.embed_tokens.weight.dtype
+
+    def embed(self, input_ids: jax.Array, pixel_values=None, image_grid_thw=None) -> jax.Array:
+        """Token embeddings with the vision features written at the image placeholder positions, in order.
+
+        Eagerly a count mismatch raises `ImageTokenMismatchError`; under jit it turns the embeddings into NaN, so
+        the step's NaN guard catches it instead of training on misaligned features.
+        """
+        x = self.language_model.embed_tokens(input_ids)
+        if pixel_values is None:
+            return x
+        features = self.visual(pixel_values, image_grid_thw).astype(x.dtype)
+        image_token_id = self.cfg.image_token_id
+        check_image_tokens(input_ids, features.shape[0], image_token_id)
+        is_image = input_ids == image_token_id
+        index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(input_ids.shape)
+        placed = jnp.take(features, jnp.clip(index, 0, features.shape[0] - 1), axis=0)
+        x = jnp.where(is_image[..., None], placed, x)
+        mismatch = jnp.sum(is_image) != features.shape[0]
+        return jnp.where(mismatch, jnp.nan, x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is None:
+            return self.language_model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+    def _positions(self, input_ids, attention_mask, image_grid_thw):
+        return rope_positions(
+            input_ids,
+            attention_mask,
+            image_grid_thw,
+            image_token_id=self.cfg.image_token_id,
+            merge_size=self.cfg.vision.spatial_merge_size,
+        )
+
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
+        """Logits [B, T, vocab] for left- or right-padded ``input_ids`` (pad positions hold garbage)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        positions, _ = self._positions(input_ids, attention_mask, image_grid_thw)
+        hidden, _ = self.language_model(x, positions, attention_mask)
+        return self.logits(hidden)
+
+    def init_cache(self, batch: int, size: int, dtype=None) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        t = self.cfg.text
+        shape = (batch, size, t.num_key_value_heads, t.head_dim)
+        dtype = dtype or self.dtype
+        return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(t.num_hidden_layers))
+
+    def prefill(
+        self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, *, cache_size: int
+    ) -> tuple[jax.Array, KVCache]:
+        """Runs the (left-padded) prompt into a fresh cache of ``cache_size`` slots; returns logits and the cache."""
+        batch, length = input_ids.shape
+        if length > cache_size:
+            raise ValueError(f"prompt length {length} exceeds the KV cache size {cache_size}")
+        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        positions, next_position = self._positions(input_ids, attention_mask, image_grid_thw)
+        key_mask = jnp.ones((batch, cache_size), bool).at[:, :length].set(attention_mask.astype(bool))
+        hidden, kv = self.language_model(x, positions, key_mask, self.init_cache(batch, cache_size), 0)
+        cache = KVCache(
+            keys=tuple(k for k, _ in kv),
+            values=tuple(v for _, v in kv),
+            key_mask=key_mask,
+            length=jnp.asarray(length, jnp.int32),
+            next_position=next_position.astype(jnp.int32),
+        )
+        return self.logits(hidden), cache
+
+    def decode(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Appends ``tokens`` [B, T] (usually T = 1) to the cache; returns their logits and the updated cache."""
+        steps = tokens.shape[1]
+        x = self.language_model.embed_tokens(tokens)
+        positions = cache.next_position[:, None] + jnp.arange(steps, dtype=jnp.int32)
+        positions = jnp.broadcast_to(positions[None], (3, *tokens.shape))
+        hidden, kv = self.language_model(x, positions, cache.key_mask, list(zip(cache.keys, cache.values)),
+                                         cache.length)  # fmt: skip
+        cache = cache.replace(
+            keys=tuple(k for k, _ in kv),
+            values=tuple(v for _, v in kv),
+            length=cache.length + steps,
+            next_position=cache.next_position + steps,
+        )
+        return self.logits(hidden), cache

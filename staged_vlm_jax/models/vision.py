@@ -1,0 +1,173 @@
+"""Vision transformer pieces of the Qwen2.5-VL family: patch embedding, 2-D rotary, window attention, merger.
+
+The HF implementation builds its window permutation and attention segments with Python loops over
+``grid_thw``. Here `vision_layout` computes the same permutation with array ops whose shapes depend only on the
+number of patches, so the whole tower (layout included) runs under ``jax.jit`` and only recompiles when the
+patch count changes, not when the image shapes inside it do.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from staged_vlm_jax.models.layers import (
+    GatedMLP,
+    Linear,
+    RMSNorm,
+    activation,
+    apply_rotary,
+    dot_product_attention,
+    param,
+    rotary_inv_freq,
+)
+
+
+@flax.struct.dataclass
+class VisionLayout:
+    """Where every patch goes, derived from ``grid_thw``.
+
+    window_index [U]: merge unit at each position of the window-ordered sequence (HF's ``window_index``);
+    window_segment / frame_segment [N]: attention segment of each window-ordered patch for the windowed and the
+    full-attention blocks (full attention is per image frame, as HF's ``cu_seqlens``);
+    rotary_hw [N, 2]: (row, column) of each window-ordered patch for the 2-D rotary embedding.
+    """
+
+    window_index: jax.Array
+    window_segment: jax.Array
+    frame_segment: jax.Array
+    rotary_hw: jax.Array
+
+
+def _segments(keys: list[jax.Array]) -> jax.Array:
+    """Ids of runs of equal key tuples along a sorted sequence (0, 0, 1, 1, 1, 2, ...)."""
+    changed = jnp.zeros(keys[0].shape, bool).at[1:].set(jnp.any(jnp.stack([k[1:] != k[:-1] for k in keys]), 0))
+    return jnp.cumsum(changed)
+
+
+def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window_units: int) -> VisionLayout:
+    """Window permutation, attention segments and rotary positions for packed images.
+
+    ``grid_thw`` [I, 3] holds (t, h, w) in patches per image; patches arrive merge-block-major (each m×m block of
+    neighbouring patches is contiguous), as the HF processor emits them. ``window_units`` is the window side in
+    merge units (HF: window_size // merge_size // patch_size).
+    """
+    unit = merge_size * merge_size
+    num_units = num_patches // unit
+    grid = grid_thw.astype(jnp.int32)
+    hh, ww = grid[:, 1] // merge_size, grid[:, 2] // merge_size
+    units_per_image = grid[:, 0] * hh * ww
+    ends = jnp.cumsum(units_per_image)
+    u = jnp.arange(num_units, dtype=jnp.int32)
+    image = jnp.minimum(jnp.searchsorted(ends, u, side="right"), grid.shape[0] - 1)
+    offset = u - (ends - units_per_image)[image]
+    h_img, w_img = hh[image], ww[image]
+    frame = offset // (h_img * w_img)
+    row, col = (offset // w_img) % h_img, offset % w_img
+    window_keys = [image, frame, row // window_units, col // window_units, row % window_units, col % window_units]
+    window_index = jnp.lexsort(window_keys[::-1])  # lexsort's primary key is the last one
+    sorted_keys = [k[window_index] for k in window_keys]
+    per_patch = lambda x: jnp.repeat(x, unit, total_repeat_length=num_patches)
+    within = jnp.tile(jnp.arange(unit, dtype=jnp.int32), num_units)
+    rotary_hw = jnp.stack(
+        [
+            per_patch(row[window_index]) * merge_size + within // merge_size,
+            per_patch(col[window_index]) * merge_size + within % merge_size,
+        ],
+        axis=-1,
+    )
+    return VisionLayout(
+        window_index=window_index,
+        window_segment=per_patch(_segments(sorted_keys[:4])),
+        frame_segment=per_patch(_segments(sorted_keys[:2])),
+        rotary_hw=rotary_hw,
+    )
+
+
+class VisionAttention(nnx.Module):
+    """Bidirectional multi-head attention over packed patches, restricted to segments (windows or frames)."""
+
+    def __init__(self, dim: int, num_heads: int, *, dtype, rngs):
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        # Fused [q | k | v] output, kept in HF's layout; "vision_qkv" is replicated by the default rules because a
+        # shard boundary would cut through the q/k/v split.
+        self.qkv = Linear(dim, 3 * dim, axes=("vision_embed", "vision_qkv"), use_bias=True, dtype=dtype, rngs=rngs)
+        self.proj = Linear(dim, dim, axes=("vision_heads", "vision_embed"), use_bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment: jax.Array) -> jax.Array:
+        n = x.shape[0]
+        qkv = self.qkv(x).reshape(n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        # HF rotates in float32 and casts back.
+        q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
+        k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
+        mask = segment[:, None] == segment[None, :]
+        out = dot_product_attention(q[None], k[None], v[None], mask[None], self.head_dim**-0.5)[0]
+        return self.proj(out.reshape(n, -1))
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, act: str, dtype, rngs):
+        self.norm1 = RMSNorm(dim, eps=1e-6, dtype=dtype)
+        self.norm2 = RMSNorm(dim, eps=1e-6, dtype=dtype)
+        self.attn = VisionAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.mlp = GatedMLP(dim, mlp_dim, act=act, use_bias=True, axes=("vision_embed", "vision_mlp"), dtype=dtype,
+                            rngs=rngs)  # fmt: skip
+
+    def __call__(self, x, cos, sin, segment):
+        x = x + self.attn(self.norm1(x), cos, sin, segment)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+    """RMSNorm, then each m×m block of patch features concatenated and projected by a GELU MLP to the LLM width."""
+
+    def __init__(self, dim: int, out_dim: int, merge_size: int, *, dtype, rngs):
+        merged = dim * merge_size * merge_size
+        self.ln_q = RMSNorm(dim, eps=1e-6, dtype=dtype)
+        self.fc1 = Linear(merged, merged, axes=("vision_merged", "vision_mlp"), use_bias=True, dtype=dtype, rngs=rngs)
+        self.fc2 = Linear(merged, out_dim, axes=("vision_mlp", "embed"), use_bias=True, dtype=dtype, rngs=rngs)
+        self.merged = merged
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.ln_q(x).reshape(-1, self.merged)
+        return self.fc2(activation("gelu")(self.fc1(x)))
+
+
+class VisionTransformer(nnx.Module):
+    """Qwen2.5-VL vision tower: flattened patches [N, C·T·P·P] + grid_thw -> merged features [N / m², out_dim]."""
+
+    def __init__(self, cfg, *, dtype, rngs):
+        self.cfg = cfg
+        patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
+        self.patch_embed = Linear(patch_dim, cfg.hidden_size, axes=("vision_patch", "vision_embed"), use_bias=False,
+                                  dtype=dtype, rngs=rngs)  # fmt: skip
+        self.blocks = nnx.List(
+            [
+                VisionBlock(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, act=cfg.hidden_act, dtype=dtype,
+                            rngs=rngs)  # fmt: skip
+                for _ in range(cfg.depth)
+            ]
+        )
+        self.merger = PatchMerger(cfg.hidden_size, cfg.out_hidden_size, cfg.spatial_merge_size, dtype=dtype, rngs=rngs)
+
+    def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        n = pixel_values.shape[0]
+        unit = cfg.spatial_merge_size**2
+        window_units = cfg.window_size // cfg.spatial_merge_size // cfg.patch_size
+        layout = vision_layout(grid_thw, n, cfg.spatial_merge_size, window_units)
+        dtype = self.patch_embed.kernel.dtype
+        x = self.patch_embed(pixel_values.astype(dtype))
+        x = x.reshape(n // unit, unit, -1)[layout.window_index].reshape(n, -1)
+        inv_freq = rotary_inv_freq(cfg.hidden_size // cfg.num_heads // 2, cfg.rope_theta)
+        freqs = (layout.rotary_hw.astype(jnp.float32)[..., None] * inv_freq).reshape(n, -1)  # [N, hd/2]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        cos, sin = jnp.cos(emb), jnp.sin(emb)
+        full = set(cfg.fullatt_block_indexes)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, layout.frame_segment if i in full else layout.window_segment)
+        merged = self.merger(x)
+        return merged[jnp.argsort(layout.window_index)]
