@@ -26,7 +26,11 @@ from staged_vlm_jax.models.layers import (
     mrope_cos_sin,
     rotary_inv_freq,
 )
+from staged_vlm_jax.models.sharding import constrain
 from staged_vlm_jax.models.vision import VisionTransformer
+
+# The residual stream is sharded over the batch only (FSDP gathers weights, not activations).
+ACTIVATION_AXES = ("batch", None, None)
 
 
 class ConfigError(ValueError):
@@ -297,8 +301,10 @@ class TextModel(nnx.Module):
         cfg = self.cfg
         cos, sin = mrope_cos_sin(positions, rotary_inv_freq(cfg.head_dim, cfg.rope_theta), cfg.mrope_section, x.dtype)
         new_kv = []
+        x = constrain(x, ACTIVATION_AXES)
         for i, layer in enumerate(self.layers):
             x, kv = layer(x, cos, sin, key_mask, None if cache is None else cache[i], start)
+            x = constrain(x, ACTIVATION_AXES)
             new_kv.append(kv)
         return self.norm(x), new_kv
 
@@ -342,8 +348,10 @@ class Qwen2_5_VL(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:
-            return self.language_model.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
+            logits = self.language_model.embed_tokens.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        return constrain(logits, ("batch", None, "vocab"))
 
     def _positions(self, input_ids, attention_mask, image_grid_thw):
         return rope_positions(

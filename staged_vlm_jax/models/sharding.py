@@ -125,6 +125,18 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping[str, MeshAxes] = D
     return model
 
 
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> jax.Array:
+    """Pins an activation's sharding by logical axes when traced under ``jax.set_mesh`` with our mesh axes.
+
+    Without it GSPMD may keep the batch on ``data`` only and replicate it over ``fsdp``; outside a mesh context
+    (single device, eager use) it is a no-op, so the models stay mesh-agnostic.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> NamedSharding:
     """Sharding of an activation/input whose leading axis is the batch."""
     return NamedSharding(mesh, PartitionSpec(rules["batch"], *([None] * (ndim - 1))))

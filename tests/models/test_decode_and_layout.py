@@ -1,0 +1,114 @@
+"""KV-cache decoding vs the full forward, the jit-friendly vision layout and 3-D positions vs HF's loops, and the
+image placeholder/feature count check."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from staged_vlm_jax import models
+from staged_vlm_jax.models.qwen2_5_vl import rope_positions
+from staged_vlm_jax.models.vision import vision_layout
+from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
+
+GRIDS = [[(1, 8, 8)], [(1, 6, 4), (1, 4, 12)]]
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    cfg = tiny()
+    model = models.create(cfg, seed=1)
+    rng = np.random.default_rng(2)
+    rows = [prompt(rng, cfg, GRIDS[0], [3, 2]), prompt(rng, cfg, GRIDS[1], [1, 4, 2])]
+    ids, mask = left_pad(rows, cfg.text.pad_token_id)
+    grids = np.array([g for row in GRIDS for g in row])
+    pixels = np.concatenate([image_patches(rng, cfg, tuple(g)) for g in grids])
+    return model, cfg, ids, mask, pixels, grids
+
+
+def test_incremental_decode_reproduces_full_forward(model_and_batch):
+    model, cfg, ids, mask, pixels, grids = model_and_batch
+    steps = 8
+    new_tokens = np.random.default_rng(3).integers(0, cfg.image_token_id - 1, (ids.shape[0], steps)).astype(np.int32)
+    full_ids = np.concatenate([ids, new_tokens], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(new_tokens)], axis=1)
+    expected = np.asarray(model(full_ids, full_mask, pixels, grids))
+
+    graphdef, state = nnx.split(model)
+    prefill = jax.jit(lambda s, *a: nnx.merge(graphdef, s).prefill(*a, cache_size=ids.shape[1] + steps))
+    decode = jax.jit(lambda s, tok, cache: nnx.merge(graphdef, s).decode(tok, cache))
+    logits, cache = prefill(state, ids, mask, pixels, grids)
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[valid], expected[:, : ids.shape[1]][valid], atol=1e-4, rtol=0)
+    for t in range(steps):
+        step_logits, cache = decode(state, new_tokens[:, t : t + 1], cache)
+        np.testing.assert_allclose(
+            np.asarray(step_logits[:, 0]), expected[:, ids.shape[1] + t], atol=1e-4, rtol=0, err_msg=f"step {t}"
+        )
+    assert int(cache.length) == ids.shape[1] + steps
+
+
+def test_prompt_longer_than_cache_is_refused(model_and_batch):
+    model, _, ids, mask, pixels, grids = model_and_batch
+    with pytest.raises(ValueError, match="exceeds the KV cache size"):
+        model.prefill(ids, mask, pixels, grids, cache_size=ids.shape[1] - 1)
+
+
+@pytest.mark.parametrize(
+    "grids", [[(1, 8, 8)], [(1, 4, 12), (1, 10, 6)], [(2, 6, 6), (1, 16, 2)], [(1, 18, 22)]], ids=str
+)
+def test_vision_layout_matches_hf(grids):
+    torch = pytest.importorskip("torch")
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    cfg = tiny().vision
+    grid_t = torch.tensor(grids)
+    window_units = cfg.window_size // cfg.spatial_merge_size // cfg.patch_size
+    hf_index, hf_cu = get_vision_window_index(grid_t, cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
+    hf_pos = get_vision_position_ids(grid_t, cfg.spatial_merge_size).numpy()
+    n = int(np.prod(grids, axis=1).sum())
+    layout = vision_layout(jnp.array(grids), n, cfg.spatial_merge_size, window_units)
+    np.testing.assert_array_equal(np.asarray(layout.window_index), hf_index.numpy())
+    unit = cfg.spatial_merge_size**2
+    hf_pos_windowed = hf_pos.reshape(-1, unit, 2)[hf_index.numpy()].reshape(-1, 2)
+    np.testing.assert_array_equal(np.asarray(layout.rotary_hw), hf_pos_windowed)
+    # Segment boundaries equal HF's cumulative window lengths.
+    seg = np.asarray(layout.window_segment)
+    boundaries = np.concatenate([[0], np.flatnonzero(np.diff(seg)) + 1, [n]])
+    np.testing.assert_array_equal(boundaries, hf_cu.numpy())
+    frames = np.asarray(layout.frame_segment)
+    assert frames.max() + 1 == sum(t for t, _, _ in grids)
+
+
+def test_rope_positions_match_hf_get_rope_index(model_and_batch, tmp_path):
+    torch = pytest.importorskip("torch")
+    from tests.models.qwen_fixtures import hf_model
+
+    _, cfg, ids, mask, _, grids = model_and_batch
+    oracle = hf_model(cfg)
+    hf_pos, hf_delta = oracle.model.get_rope_index(
+        torch.tensor(ids, dtype=torch.long),
+        mm_token_type_ids=torch.tensor((ids == cfg.image_token_id).astype(np.int64)),
+        image_grid_thw=torch.tensor(grids),
+        attention_mask=torch.tensor(mask),
+    )
+    ours, next_position = rope_positions(
+        jnp.array(ids), jnp.array(mask), jnp.array(grids), image_token_id=cfg.image_token_id, merge_size=2
+    )
+    np.testing.assert_array_equal(np.asarray(ours), hf_pos.numpy())
+    np.testing.assert_array_equal(np.asarray(next_position), hf_delta[:, 0].numpy() + mask.sum(1))
+
+
+def test_image_token_count_mismatch_raises_eagerly_and_poisons_under_jit(model_and_batch):
+    model, cfg, ids, mask, pixels, grids = model_and_batch
+    bad = ids.copy()
+    bad[0, np.flatnonzero(bad[0] == cfg.image_token_id)[0]] = 5  # one placeholder fewer than features
+    with pytest.raises(models.ImageTokenMismatchError, match=r"per row \[15, 18\] sum to 33.*34 image features"):
+        model(bad, mask, pixels, grids)
+    graphdef, state = nnx.split(model)
+    jitted = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
+    assert np.isnan(np.asarray(jitted(state, bad, mask, pixels, grids))).all()
+    assert np.isfinite(np.asarray(jitted(state, ids, mask, pixels, grids))).all()
