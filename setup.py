@@ -1,12 +1,14 @@
 """Installable package for staged_vlm_jax: staged GRPO post-training of vision-language models in JAX."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="staged_vlm_jax",
     version="0.1.0",
     description="JAX/Flax NNX staged RL post-training (perception -> text reasoning -> visual reasoning) of VLMs",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["staged_vlm_jax", "staged_vlm_jax.*"]),
     python_requires=">=3.10",
@@ -25,7 +27,7 @@ setup(
     extras_require={
         # torch is the parity oracle only; 2.13.0 exactly (a looser pin pulls a multi-GB CUDA build).
         "test": ["pytest>=8,<10", "ruff>=0.15,<1", "torch==2.13.0"],
-        "gpu": ["jax[cuda13]>=0.10.0,<0.11"],
+        "gpu": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },
     entry_points={"console_scripts": ["staged-vlm=staged_vlm_jax.cli:main"]},

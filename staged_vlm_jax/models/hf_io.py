@@ -140,7 +140,9 @@ def load_hf(
         if missing:
             problems.append(f"missing tensors {missing[:10]}" + (f" (+{len(missing) - 10} more)" * (len(missing) > 10)))
         if unexpected:
-            problems.append(f"unexpected tensors {unexpected[:10]}" + (f" (+{len(unexpected) - 10} more)" * (len(unexpected) > 10)))
+            problems.append(
+                f"unexpected tensors {unexpected[:10]}" + (f" (+{len(unexpected) - 10} more)" * (len(unexpected) > 10))
+            )
         raise CheckpointError(f"{directory}: {'; '.join(problems)} for {family.name} config {cfg}")
 
     handles: dict[Path, object] = {}

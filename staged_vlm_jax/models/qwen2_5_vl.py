@@ -123,7 +123,13 @@ class TextConfig:
         rope = _rope(d)
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", "mrope"):
             raise ConfigError(f"{where}: rope_type {rope.get('rope_type')!r} is not supported; expected 'default'")
-        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        required = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+        )
         for key in required:
             _require(d, key, where)
         fields = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "mrope_section"}
@@ -163,8 +169,11 @@ class Qwen2_5_VLConfig:
     def from_hf(cls, d: dict[str, Any]) -> Qwen2_5_VLConfig:
         # Hub checkpoints keep the text fields at the top level; transformers 5 nests them under text_config.
         text = d.get("text_config") or d
-        top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-               if k in d}  # fmt: skip
+        top = {
+            k: d[k]
+            for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+            if k in d
+        }
         tie = d.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
         return cls(
             text=TextConfig.from_hf(text),
@@ -276,11 +285,23 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype, rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.self_attn = Attention(
-            cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, qkv_bias=True, dtype=dtype, rngs=rngs
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            qkv_bias=True,
+            dtype=dtype,
+            rngs=rngs,
         )
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
-        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, use_bias=False,
-                            axes=("embed", "mlp"), dtype=dtype, rngs=rngs)  # fmt: skip
+        self.mlp = GatedMLP(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            act=cfg.hidden_act,
+            use_bias=False,
+            axes=("embed", "mlp"),
+            dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x, cos, sin, key_mask, cache_kv=None, start=0):
         h, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cache_kv, start)
@@ -319,8 +340,14 @@ class Qwen2_5_VL(nnx.Module):
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
-            else Linear(cfg.text.hidden_size, cfg.text.vocab_size, axes=("embed", "vocab"), use_bias=False,
-                        dtype=dtype, rngs=rngs)  # fmt: skip
+            else Linear(
+                cfg.text.hidden_size,
+                cfg.text.vocab_size,
+                axes=("embed", "vocab"),
+                use_bias=False,
+                dtype=dtype,
+                rngs=rngs,
+            )
         )
 
     @property
@@ -347,10 +374,8 @@ class Qwen2_5_VL(nnx.Module):
         return jnp.where(mismatch, jnp.nan, x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        if self.lm_head is None:
-            logits = self.language_model.embed_tokens.attend(hidden)
-        else:
-            logits = self.lm_head(hidden)
+        head = self.language_model.embed_tokens.attend if self.lm_head is None else self.lm_head
+        logits = head(hidden)
         return constrain(logits, ("batch", None, "vocab"))
 
     def _positions(self, input_ids, attention_mask, image_grid_thw):
@@ -403,8 +428,9 @@ class Qwen2_5_VL(nnx.Module):
         x = self.language_model.embed_tokens(tokens)
         positions = cache.next_position[:, None] + jnp.arange(steps, dtype=jnp.int32)
         positions = jnp.broadcast_to(positions[None], (3, *tokens.shape))
-        hidden, kv = self.language_model(x, positions, cache.key_mask, list(zip(cache.keys, cache.values)),
-                                         cache.length)  # fmt: skip
+        hidden, kv = self.language_model(
+            x, positions, cache.key_mask, list(zip(cache.keys, cache.values, strict=True)), cache.length
+        )
         cache = cache.replace(
             keys=tuple(k for k, _ in kv),
             values=tuple(v for _, v in kv),

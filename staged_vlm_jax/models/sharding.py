@@ -73,7 +73,10 @@ def make_mesh(config: MeshConfig | Mapping[str, int] | None = None, devices: Seq
 
 
 def logical_to_spec(
-    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFAULT_RULES
+    axes: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Mapping[str, MeshAxes] = DEFAULT_RULES,
 ) -> PartitionSpec:
     """PartitionSpec for one array; each mesh axis is used at most once, non-dividing axes are dropped."""
     used: set[str] = set()

@@ -20,7 +20,6 @@ from staged_vlm_jax.models.layers import (
     activation,
     apply_rotary,
     dot_product_attention,
-    param,
     rotary_inv_freq,
 )
 
@@ -66,7 +65,14 @@ def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window
     h_img, w_img = hh[image], ww[image]
     frame = offset // (h_img * w_img)
     row, col = (offset // w_img) % h_img, offset % w_img
-    window_keys = [image, frame, row // window_units, col // window_units, row % window_units, col % window_units]
+    window_keys = [
+        image,
+        frame,
+        row // window_units,
+        col // window_units,
+        row % window_units,
+        col % window_units,
+    ]
     window_index = jnp.lexsort(window_keys[::-1])  # lexsort's primary key is the last one
     sorted_keys = [k[window_index] for k in window_keys]
     per_patch = lambda x: jnp.repeat(x, unit, total_repeat_length=num_patches)
@@ -113,8 +119,9 @@ class VisionBlock(nnx.Module):
         self.norm1 = RMSNorm(dim, eps=1e-6, dtype=dtype)
         self.norm2 = RMSNorm(dim, eps=1e-6, dtype=dtype)
         self.attn = VisionAttention(dim, num_heads, dtype=dtype, rngs=rngs)
-        self.mlp = GatedMLP(dim, mlp_dim, act=act, use_bias=True, axes=("vision_embed", "vision_mlp"), dtype=dtype,
-                            rngs=rngs)  # fmt: skip
+        self.mlp = GatedMLP(
+            dim, mlp_dim, act=act, use_bias=True, axes=("vision_embed", "vision_mlp"), dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x, cos, sin, segment):
         x = x + self.attn(self.norm1(x), cos, sin, segment)
@@ -142,12 +149,24 @@ class VisionTransformer(nnx.Module):
     def __init__(self, cfg, *, dtype, rngs):
         self.cfg = cfg
         patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
-        self.patch_embed = Linear(patch_dim, cfg.hidden_size, axes=("vision_patch", "vision_embed"), use_bias=False,
-                                  dtype=dtype, rngs=rngs)  # fmt: skip
+        self.patch_embed = Linear(
+            patch_dim,
+            cfg.hidden_size,
+            axes=("vision_patch", "vision_embed"),
+            use_bias=False,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.blocks = nnx.List(
             [
-                VisionBlock(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, act=cfg.hidden_act, dtype=dtype,
-                            rngs=rngs)  # fmt: skip
+                VisionBlock(
+                    cfg.hidden_size,
+                    cfg.num_heads,
+                    cfg.intermediate_size,
+                    act=cfg.hidden_act,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
                 for _ in range(cfg.depth)
             ]
         )

@@ -46,7 +46,11 @@ def test_incremental_decode_reproduces_full_forward(model_and_batch):
     for t in range(steps):
         step_logits, cache = decode(state, new_tokens[:, t : t + 1], cache)
         np.testing.assert_allclose(
-            np.asarray(step_logits[:, 0]), expected[:, ids.shape[1] + t], atol=1e-4, rtol=0, err_msg=f"step {t}"
+            np.asarray(step_logits[:, 0]),
+            expected[:, ids.shape[1] + t],
+            atol=1e-4,
+            rtol=0,
+            err_msg=f"step {t}",
         )
     assert int(cache.length) == ids.shape[1] + steps
 

@@ -67,7 +67,9 @@ def test_multi_file_round_trip_is_exact(checkpoint, tmp_path):
     for name, file in index["weight_map"].items():
         np.testing.assert_array_equal(load_file(str(tmp_path / file))[name], original[name], err_msg=name)
     ids, mask, pixels, grid = _inputs(cfg)
-    np.testing.assert_array_equal(np.asarray(reloaded(ids, mask, pixels, grid)), np.asarray(model(ids, mask, pixels, grid)))
+    np.testing.assert_array_equal(
+        np.asarray(reloaded(ids, mask, pixels, grid)), np.asarray(model(ids, mask, pixels, grid))
+    )
 
 
 def test_bfloat16_load_and_save(checkpoint, tmp_path):
@@ -107,7 +109,9 @@ def _rewrite(target, edit):
 def test_missing_tensor_is_named(checkpoint, tmp_path):
     target = _copy(checkpoint, tmp_path)
     _rewrite(target, lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"))
-    with pytest.raises(models.CheckpointError, match=r"missing tensors \['model\.layers\.1\.self_attn\.k_proj\.bias'\]"):
+    with pytest.raises(
+        models.CheckpointError, match=r"missing tensors \['model\.layers\.1\.self_attn\.k_proj\.bias'\]"
+    ):
         models.load_hf(target)
 
 

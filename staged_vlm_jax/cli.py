@@ -1,0 +1,63 @@
+"""Command line entry point: ``staged-vlm <command>`` (also ``python -m staged_vlm_jax``).
+
+Commands register in `COMMANDS` (name -> (help, add_arguments, run)); later issues add train / eval / export /
+plot / data here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="local Hugging Face model directory")
+    parser.add_argument("--dtype", default="bfloat16", help="parameter dtype to load with (default bfloat16)")
+    parser.add_argument("--mesh", default=None, help='optional mesh as JSON, e.g. \'{"fsdp": 4, "tensor": 2}\'')
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Loads a checkpoint (sharded when --mesh is given) and prints its family, config and parameter counts."""
+    from flax import nnx
+
+    from staged_vlm_jax import models
+    from staged_vlm_jax.models.sharding import make_mesh
+
+    mesh = make_mesh(json.loads(args.mesh)) if args.mesh else None
+    model, cfg = models.load_hf(args.model, dtype=args.dtype, mesh=mesh)
+    counts: dict[str, int] = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        counts[str(path[0])] = counts.get(str(path[0]), 0) + math.prod(variable.shape)
+    print(f"model_type: {cfg.model_type}")
+    print(f"config: {cfg}")
+    for name, count in counts.items():
+        print(f"parameters/{name}: {count:,}")
+    print(f"parameters/total: {sum(counts.values()):,}")
+    if mesh is not None:
+        print(f"mesh: {dict(mesh.shape)}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "inspect": (
+        "load a Hugging Face checkpoint and print its config and parameter counts",
+        _inspect_arguments,
+        _inspect,
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="staged-vlm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command][2](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
