@@ -92,6 +92,36 @@ def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window
     )
 
 
+def local_segment_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, segment: jax.Array, block: int, scale: float
+) -> jax.Array:
+    """Exact attention within contiguous segments of at most ``block`` tokens, in time and memory linear in N.
+
+    q/k/v [N, H, D], segment [N]. The sequence is cut into blocks of ``block`` tokens; a segment that short can
+    only span a block and its neighbours, so each query block attends its own and the two adjacent key blocks
+    (3·block keys) under the segment-equality mask, instead of all N keys.
+    """
+    n, h, d = q.shape
+    num_blocks = -(-n // block)
+    pad = num_blocks * block - n
+    blocks = lambda x, fill: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill).reshape(
+        num_blocks, block, *x.shape[1:]
+    )
+
+    def with_neighbours(x, fill):
+        edge = jnp.full_like(x[:1], fill)
+        return jnp.concatenate(
+            [jnp.concatenate([edge, x[:-1]]), x, jnp.concatenate([x[1:], edge])], axis=1
+        )  # [blocks, 3·block, ...]
+
+    seg_q = blocks(segment, -1)  # padding tokens form their own segment, so their rows stay finite
+    seg_k = with_neighbours(seg_q, -2)  # keys beyond either end match nothing
+    mask = seg_q[:, :, None] == seg_k[:, None, :]
+    k_b, v_b = with_neighbours(blocks(k, 0), 0), with_neighbours(blocks(v, 0), 0)
+    out = dot_product_attention(blocks(q, 0), k_b, v_b, mask, scale)
+    return out.reshape(num_blocks * block, h, d)[:n]
+
+
 class VisionAttention(nnx.Module):
     """Bidirectional multi-head attention over packed patches, restricted to segments (windows or frames)."""
 
@@ -102,15 +132,22 @@ class VisionAttention(nnx.Module):
         self.qkv = Linear(dim, 3 * dim, axes=("vision_embed", "vision_qkv"), use_bias=True, dtype=dtype, rngs=rngs)
         self.proj = Linear(dim, dim, axes=("vision_heads", "vision_embed"), use_bias=True, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment: jax.Array, window_block: int | None
+    ) -> jax.Array:
+        """``window_block``: the longest a segment can be when attention is windowed (None: full per frame)."""
         n = x.shape[0]
         qkv = self.qkv(x).reshape(n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         # HF rotates in float32 and casts back.
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
-        mask = segment[:, None] == segment[None, :]
-        out = dot_product_attention(q[None], k[None], v[None], mask[None], self.head_dim**-0.5)[0]
+        scale = self.head_dim**-0.5
+        if window_block is None:
+            mask = segment[:, None] == segment[None, :]
+            out = dot_product_attention(q[None], k[None], v[None], mask[None], scale)[0]
+        else:
+            out = local_segment_attention(q, k, v, segment, window_block, scale)
         return self.proj(out.reshape(n, -1))
 
 
@@ -123,8 +160,8 @@ class VisionBlock(nnx.Module):
             dim, mlp_dim, act=act, use_bias=True, axes=("vision_embed", "vision_mlp"), dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, x, cos, sin, segment):
-        x = x + self.attn(self.norm1(x), cos, sin, segment)
+    def __call__(self, x, cos, sin, segment, window_block):
+        x = x + self.attn(self.norm1(x), cos, sin, segment, window_block)
         return x + self.mlp(self.norm2(x))
 
 
@@ -185,8 +222,11 @@ class VisionTransformer(nnx.Module):
         freqs = (layout.rotary_hw.astype(jnp.float32)[..., None] * inv_freq).reshape(n, -1)  # [N, hd/2]
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb), jnp.sin(emb)
-        full = set(cfg.fullatt_block_indexes)
+        window_block = (cfg.window_size // cfg.patch_size) ** 2  # patches in one full window
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, layout.frame_segment if i in full else layout.window_segment)
+            if i in cfg.fullatt_block_indexes:
+                x = block(x, cos, sin, layout.frame_segment, None)
+            else:
+                x = block(x, cos, sin, layout.window_segment, window_block)
         merged = self.merger(x)
         return merged[jnp.argsort(layout.window_index)]

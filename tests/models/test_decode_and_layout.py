@@ -116,3 +116,20 @@ def test_image_token_count_mismatch_raises_eagerly_and_poisons_under_jit(model_a
     jitted = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
     assert np.isnan(np.asarray(jitted(state, bad, mask, pixels, grids))).all()
     assert np.isfinite(np.asarray(jitted(state, ids, mask, pixels, grids))).all()
+
+
+@pytest.mark.parametrize("n", [37, 64, 65])
+def test_local_segment_attention_equals_dense_masked_attention(n):
+    from staged_vlm_jax.models.layers import dot_product_attention
+    from staged_vlm_jax.models.vision import local_segment_attention
+
+    block = 16
+    rng = np.random.default_rng(n)
+    lengths = []
+    while sum(lengths) < n:
+        lengths.append(int(rng.integers(1, block + 1)))
+    segment = np.repeat(np.arange(len(lengths)), lengths)[:n]
+    q, k, v = (jnp.asarray(rng.standard_normal((n, 2, 8)), jnp.float32) for _ in range(3))
+    dense = dot_product_attention(q[None], k[None], v[None], (segment[:, None] == segment[None, :])[None], 0.3)[0]
+    local = local_segment_attention(q, k, v, jnp.asarray(segment), block, 0.3)
+    np.testing.assert_allclose(np.asarray(local), np.asarray(dense), atol=1e-6, rtol=0)
