@@ -7,7 +7,7 @@ tokens) plus 64 text tokens per row. Ours runs under ``jax.jit`` (compile time r
 runs eagerly under ``torch.no_grad``. Both report the median wall time over ``--iters`` calls after
 ``--warmup`` calls.
 
-Run from the repository root::
+Run from the repository root (with the package installed, ``pip install -e .``, or with ``PYTHONPATH=.``)::
 
     python benchmarks/forward.py [--batch 1] [--iters 10] [--warmup 2] [--dtype float32]
 """
