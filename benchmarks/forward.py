@@ -30,7 +30,7 @@ import transformers
 from flax import nnx
 
 from staged_vlm_jax import models
-from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, TextConfig, VisionConfig
+from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, tiny_config
 
 PARITY_TOLERANCE = 1e-3
 GRID = (1, 32, 32)  # one 448x448 image in 14 px patches
@@ -39,36 +39,13 @@ INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw") 
 
 
 def bench_config(vocab_size: int = 4096) -> Qwen2_5_VLConfig:
-    special = vocab_size - 4  # the vision specials take the top ids, as in the real vocabulary
-    return Qwen2_5_VLConfig(
-        text=TextConfig(
-            vocab_size=vocab_size,
-            hidden_size=512,
-            intermediate_size=1408,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            rope_theta=1_000_000.0,
-            mrope_section=(8, 12, 12),
-            max_position_embeddings=4096,
-            bos_token_id=None,
-            eos_token_id=special - 1,
-            pad_token_id=special - 2,
-        ),
-        vision=VisionConfig(
-            depth=4,
-            hidden_size=256,
-            intermediate_size=512,
-            num_heads=4,
-            out_hidden_size=512,
-            window_size=112,
-            fullatt_block_indexes=(3,),
-        ),
-        image_token_id=special,
-        video_token_id=special + 1,
-        vision_start_token_id=special + 2,
-        vision_end_token_id=special + 3,
-    )
+    return tiny_config(
+        vocab_size,
+        text=dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=2, rope_theta=1_000_000.0, mrope_section=(8, 12, 12)),
+        vision=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=512,
+                    window_size=112, fullatt_block_indexes=(3,)),
+    )  # fmt: skip
 
 
 def make_inputs(cfg: Qwen2_5_VLConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

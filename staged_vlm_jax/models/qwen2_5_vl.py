@@ -56,6 +56,13 @@ def _rope(d: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+def _plain_fields(cls, d: dict[str, Any], where: str, required: tuple[str, ...], derived: set[str]) -> dict[str, Any]:
+    """The dataclass fields copied verbatim from a HF config dict (``derived`` ones are converted by the caller)."""
+    for key in required:
+        _require(d, key, where)
+    return {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d and f.name not in derived}
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     depth: int = 32
@@ -75,11 +82,8 @@ class VisionConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> VisionConfig:
-        where = "config.json vision_config"
-        fields = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "fullatt_block_indexes"}
-        kwargs = {k: d[k] for k in fields if k in d}
-        for key in ("depth", "hidden_size", "num_heads", "out_hidden_size"):
-            _require(d, key, where)
+        required = ("depth", "hidden_size", "num_heads", "out_hidden_size")
+        kwargs = _plain_fields(cls, d, "config.json vision_config", required, {"rope_theta", "fullatt_block_indexes"})
         return cls(
             **kwargs,
             fullatt_block_indexes=tuple(d.get("fullatt_block_indexes", cls.fullatt_block_indexes)),
@@ -196,33 +200,32 @@ class Qwen2_5_VLConfig:
         }
 
 
-def tiny_config(vocab_size: int = 512, tie_word_embeddings: bool = False) -> Qwen2_5_VLConfig:
-    """A few-hundred-thousand-parameter Qwen2.5-VL for tests and the CPU demo (two windows per 112 px image)."""
-    special = vocab_size - 4  # the last ids are the vision specials, as in the real vocabulary's tail
+def tiny_config(
+    vocab_size: int = 512,
+    tie_word_embeddings: bool = False,
+    text: dict[str, Any] | None = None,
+    vision: dict[str, Any] | None = None,
+) -> Qwen2_5_VLConfig:
+    """A few-hundred-thousand-parameter Qwen2.5-VL for tests and the CPU demo (two windows per 112 px image).
+
+    ``text`` / ``vision`` override sizes (benchmarks build mid-size variants this way); the vision special tokens
+    take the top four ids, and eos / pad the two below them, as in the real vocabulary's tail.
+    """
+    special = vocab_size - 4
+    text_sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, rope_theta=10000.0, mrope_section=(2, 3, 3))  # fmt: skip
+    vision_sizes = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                        window_size=56, fullatt_block_indexes=(1,))  # fmt: skip
     return Qwen2_5_VLConfig(
         text=TextConfig(
             vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rope_theta=10000.0,
-            mrope_section=(2, 3, 3),
             max_position_embeddings=4096,
             bos_token_id=None,
             eos_token_id=special - 1,
             pad_token_id=special - 2,
+            **{**text_sizes, **(text or {})},
         ),
-        vision=VisionConfig(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            window_size=56,
-            fullatt_block_indexes=(1,),
-        ),
+        vision=VisionConfig(**{**vision_sizes, **(vision or {})}),
         image_token_id=special,
         video_token_id=special + 1,
         vision_start_token_id=special + 2,
