@@ -83,6 +83,8 @@ class VisionConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> VisionConfig:
         required = ("depth", "hidden_size", "num_heads", "out_hidden_size")
+        if "in_chans" in d:  # the hub checkpoints' name for in_channels
+            d = {"in_channels": d["in_chans"], **d}
         kwargs = _plain_fields(cls, d, "config.json vision_config", required, {"rope_theta", "fullatt_block_indexes"})
         return cls(
             **kwargs,

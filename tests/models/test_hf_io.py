@@ -90,6 +90,9 @@ def test_hub_style_flat_config_is_understood(checkpoint):
     rope = flat.pop("rope_parameters")
     flat["rope_theta"] = rope["rope_theta"]
     flat["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
+    vision = dict(flat["vision_config"])
+    vision["in_chans"] = vision.pop("in_channels")
+    flat["vision_config"] = vision
     assert Qwen2_5_VLConfig.from_hf(flat) == cfg
 
 
