@@ -273,16 +273,34 @@ def rope_positions(
     return positions, jnp.max(positions, axis=(0, 2)) + 1
 
 
-def check_image_tokens(input_ids, num_features: int, image_token_id: int) -> None:
-    """Host-side check (when the ids are concrete) that placeholders and image features agree in number."""
-    if isinstance(input_ids, jax.core.Tracer):
+def image_features_count(image_grid_thw, merge_size: int):
+    """Number of LLM image tokens the grids describe: Σ t·h·w / merge²."""
+    grid = jnp.asarray(image_grid_thw)
+    return jnp.sum(grid[:, 0] * grid[:, 1] * grid[:, 2]) // (merge_size * merge_size)
+
+
+def check_image_inputs(input_ids, pixel_values, image_grid_thw, image_token_id: int, merge_size: int) -> None:
+    """Host-side checks (skipped under tracing) that placeholders, grids and patches agree.
+
+    ``pixel_values`` may carry extra trailing rows (padding to a fixed-shape bucket), never fewer than the grids
+    describe.
+    """
+    if any(isinstance(x, jax.core.Tracer) for x in (input_ids, pixel_values, image_grid_thw)):
         return
+    grid = np.asarray(image_grid_thw)
+    patches = int(np.sum(np.prod(grid, axis=-1)))
+    if pixel_values.shape[0] < patches:
+        raise ImageTokenMismatchError(
+            f"pixel_values has {pixel_values.shape[0]} patch rows but image_grid_thw {grid.tolist()} "
+            f"describes {patches}"
+        )
+    features = patches // (merge_size * merge_size)
     per_row = np.asarray(input_ids == image_token_id).sum(axis=-1)
-    if int(per_row.sum()) != num_features:
+    if int(per_row.sum()) != features:
         raise ImageTokenMismatchError(
             f"image placeholder tokens (id {image_token_id}) per row {per_row.tolist()} sum to {int(per_row.sum())}, "
-            f"but the vision tower produced {num_features} image features (from image_grid_thw); the prompt's "
-            "<|image_pad|> expansion and the image preprocessing disagree"
+            f"but image_grid_thw describes {features} image features; the prompt's <|image_pad|> expansion and the "
+            "image preprocessing disagree"
         )
 
 
@@ -368,14 +386,14 @@ class Qwen2_5_VL(nnx.Module):
         x = self.language_model.embed_tokens(input_ids)
         if pixel_values is None:
             return x
+        image_token_id, merge_size = self.cfg.image_token_id, self.cfg.vision.spatial_merge_size
+        check_image_inputs(input_ids, pixel_values, image_grid_thw, image_token_id, merge_size)
         features = self.visual(pixel_values, image_grid_thw).astype(x.dtype)
-        image_token_id = self.cfg.image_token_id
-        check_image_tokens(input_ids, features.shape[0], image_token_id)
         is_image = input_ids == image_token_id
         index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(input_ids.shape)
         placed = jnp.take(features, jnp.clip(index, 0, features.shape[0] - 1), axis=0)
         x = jnp.where(is_image[..., None], placed, x)
-        mismatch = jnp.sum(is_image) != features.shape[0]
+        mismatch = jnp.sum(is_image) != image_features_count(image_grid_thw, merge_size)
         return jnp.where(mismatch, jnp.nan, x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

@@ -51,7 +51,8 @@ def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window
 
     ``grid_thw`` [I, 3] holds (t, h, w) in patches per image; patches arrive merge-block-major (each m×m block of
     neighbouring patches is contiguous), as the HF processor emits them. ``window_units`` is the window side in
-    merge units (HF: window_size // merge_size // patch_size).
+    merge units (HF: window_size // merge_size // patch_size). Patches beyond the grids' total are padding (fixed
+    shape buckets): they sort last and form their own segments, so they never mix with real patches.
     """
     unit = merge_size * merge_size
     num_units = num_patches // unit
@@ -60,9 +61,11 @@ def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window
     units_per_image = grid[:, 0] * hh * ww
     ends = jnp.cumsum(units_per_image)
     u = jnp.arange(num_units, dtype=jnp.int32)
-    image = jnp.minimum(jnp.searchsorted(ends, u, side="right"), grid.shape[0] - 1)
-    offset = u - (ends - units_per_image)[image]
-    h_img, w_img = hh[image], ww[image]
+    image = jnp.searchsorted(ends, u, side="right")  # == number of images for padding units
+    real = image < grid.shape[0]
+    image_or_last = jnp.minimum(image, grid.shape[0] - 1)
+    offset = jnp.where(real, u - (ends - units_per_image)[image_or_last], 0)
+    h_img, w_img = hh[image_or_last], ww[image_or_last]
     frame = offset // (h_img * w_img)
     row, col = (offset // w_img) % h_img, offset % w_img
     window_keys = [

@@ -110,12 +110,26 @@ def test_image_token_count_mismatch_raises_eagerly_and_poisons_under_jit(model_a
     model, cfg, ids, mask, pixels, grids = model_and_batch
     bad = ids.copy()
     bad[0, np.flatnonzero(bad[0] == cfg.image_token_id)[0]] = 5  # one placeholder fewer than features
-    with pytest.raises(models.ImageTokenMismatchError, match=r"per row \[15, 18\] sum to 33.*34 image features"):
+    with pytest.raises(models.ImageTokenMismatchError, match=r"per row \[15, 18\] sum to 33.*describes 34 image"):
         model(bad, mask, pixels, grids)
     graphdef, state = nnx.split(model)
     jitted = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
     assert np.isnan(np.asarray(jitted(state, bad, mask, pixels, grids))).all()
     assert np.isfinite(np.asarray(jitted(state, ids, mask, pixels, grids))).all()
+    with pytest.raises(models.ImageTokenMismatchError, match="pixel_values has 135 patch rows but"):
+        model(ids, mask, pixels[:-1], grids)
+
+
+def test_padding_patches_do_not_change_logits(model_and_batch):
+    """Extra zero patch rows (fixed-shape buckets) beyond the grids' total leave the logits unchanged."""
+    model, _, ids, mask, pixels, grids = model_and_batch
+    padded = np.concatenate([pixels, np.zeros((44, pixels.shape[1]), np.float32)])
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(
+        np.asarray(model(ids, mask, padded, grids))[valid],
+        np.asarray(model(ids, mask, pixels, grids))[valid],
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("n", [37, 64, 65])
