@@ -16,7 +16,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from staged_vlm_jax.models.sharding import constrain
+
 LogicalAxes = tuple[str | None, ...]
+
+# KV cache [B, S, Hkv, D]: batch over data x fsdp, kv heads over tensor.
+CACHE_AXES: LogicalAxes = ("batch", None, "kv_heads", None)
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -229,6 +234,7 @@ class Attention(nnx.Module):
         if cache_kv is not None:
             k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (0, start, 0, 0))
+            k, v = constrain(k, CACHE_AXES), constrain(v, CACHE_AXES)
         query_slot = start + jnp.arange(t)
         causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]
         mask = causal[None] & key_mask[:, None, :].astype(bool)

@@ -171,6 +171,12 @@ class Qwen2_5_VLConfig:
     model_type = "qwen2_5_vl"
     architecture = "Qwen2_5_VLForConditionalGeneration"
 
+    @property
+    def special_token_ids(self) -> tuple[int, ...]:
+        """Vision placeholder/delimiter ids: prompt-only tokens a completion must never contain."""
+        ids = {self.image_token_id, self.video_token_id, self.vision_start_token_id, self.vision_end_token_id}
+        return tuple(sorted(ids))
+
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> Qwen2_5_VLConfig:
         # Hub checkpoints keep the text fields at the top level; transformers 5 nests them under text_config.

@@ -1,0 +1,1 @@
+"""Reinforcement learning: rollout (sampling), and later losses, advantages, rewards and the learner."""

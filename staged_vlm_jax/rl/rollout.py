@@ -1,0 +1,334 @@
+"""Rollout engine: jitted group sampling from a VLM with a KV cache and fixed-shape buckets.
+
+The sampler runs the very modules the learner trains (`model.prefill` / `model.decode`), so image tokens and
+image features cannot drift apart between rollout and training. Per call:
+
+1. prompts are left-padded (as HF does) to a prompt-length bucket, the batch to a batch bucket and the image
+   patches to a patch bucket, so a stream of batches compiles once per bucket combination;
+2. the vision tower and the prompt prefill run **once per prompt**; the KV cache is then repeated to the ``n``
+   samples of each group (groups of ``n`` contiguous rows);
+3. a ``lax.while_loop`` decodes one token per step and stops as soon as every row has emitted an EOS token.
+
+Log-probs are those of the tempered, untruncated distribution, ``log_softmax(logits / temperature)``, which is
+what the learner recomputes for the same tokens; top-k / top-p and the ban on vision special tokens only shape
+which token is drawn. Response masks include the EOS token (EasyR1/verl convention: EOS is trained).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, batch_sharding, constrain
+
+
+class CacheTooLargeError(ValueError):
+    """The requested rollout batch does not fit the configured KV-cache memory."""
+
+
+@flax.struct.dataclass
+class RolloutOutput:
+    """Sampled completions, rows grouped by prompt (``n`` contiguous rows per prompt).
+
+    tokens [B·n, max_new_tokens] (``pad_token_id`` after EOS); log_probs [B·n, max_new_tokens] (0 where masked);
+    mask [B·n, max_new_tokens] (1 for response tokens, EOS included); lengths [B·n].
+    """
+
+    tokens: jax.Array
+    log_probs: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Shape buckets and memory bound.
+
+    Each size is rounded up to the smallest bucket that holds it (sizes beyond the last bucket are rounded up to
+    a multiple of it). ``max_cache_bytes`` bounds the per-device KV cache; None uses the device's reported memory
+    limit where it has one (GPU/TPU) and no bound on CPU.
+    """
+
+    prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    new_token_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    patch_buckets: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
+    max_cache_bytes: int | None = None
+    cache_memory_fraction: float = 0.5
+
+
+def bucket(size: int, buckets: Sequence[int], multiple_of: int = 1) -> int:
+    """Smallest bucket ≥ size (a multiple of the largest beyond it), rounded up to ``multiple_of``."""
+    i = bisect.bisect_left(buckets, size)
+    chosen = buckets[i] if i < len(buckets) else buckets[-1] * math.ceil(size / buckets[-1])
+    return multiple_of * math.ceil(chosen / multiple_of)
+
+
+def _top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Keeps the smallest set of highest logits whose probability reaches ``top_p`` (always the top one)."""
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each token
+    kept = jnp.sum(before < top_p, axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def choose_tokens(
+    logits: jax.Array,
+    key: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    top_k: int,
+    greedy: bool,
+    banned: tuple[int, ...],
+) -> tuple[jax.Array, jax.Array]:
+    """One token per row and its log-prob under ``log_softmax(logits / temperature)``.
+
+    ``banned`` ids are never drawn; top-k (0 = off) and top-p (1 = off) truncate the sampling distribution.
+    """
+    scaled = logits.astype(jnp.float32) / temperature
+    log_probs = jax.nn.log_softmax(scaled, axis=-1)
+    allowed = scaled.at[:, jnp.asarray(banned, jnp.int32)].set(-jnp.inf) if banned else scaled
+    if greedy:
+        token = jnp.argmax(allowed, axis=-1)
+    else:
+        if top_k > 0:
+            kth = jax.lax.top_k(allowed, top_k)[0][:, -1:]
+            allowed = jnp.where(allowed < kth, -jnp.inf, allowed)
+        allowed = jax.lax.cond(top_p < 1.0, _top_p_filter, lambda x, _: x, allowed, top_p)
+        token = jax.random.categorical(key, allowed, axis=-1)
+    token = token.astype(jnp.int32)
+    return token, jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+
+
+def _repeat_rows(tree, n: int):
+    """Repeats every batched leaf n times along the batch axis (scalars, e.g. the cache length, stay)."""
+    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, tree)
+
+
+class RolloutEngine:
+    """Holds the bucket/memory configuration, the mesh, and the compiled sampling programs.
+
+    ``num_compilations`` counts traces of the sampling program (one per bucket combination and static option
+    set); ``last_trace`` records the shapes the most recent trace saw (prefill batch vs decode batch).
+    """
+
+    def __init__(
+        self,
+        config: RolloutConfig = RolloutConfig(),
+        mesh: Mesh | None = None,
+        rules: Mapping[str, MeshAxes] = DEFAULT_RULES,
+    ):
+        self.config, self.mesh, self.rules = config, mesh, rules
+        self.num_compilations = 0
+        self.last_trace: dict[str, int] = {}
+        self._program = jax.jit(
+            self._sample,
+            static_argnames=("graphdef", "n", "length", "cache_size", "top_k", "greedy", "eos", "pad", "banned"),
+        )
+
+    # -- the compiled program -------------------------------------------------------------------------------------
+
+    def _sample(
+        self,
+        state,
+        input_ids,
+        attention_mask,
+        pixel_values,
+        image_grid_thw,
+        rng,
+        max_new_tokens,
+        temperature,
+        top_p,
+        *,
+        graphdef,
+        n,
+        length,
+        cache_size,
+        top_k,
+        greedy,
+        eos,
+        pad,
+        banned,
+    ) -> RolloutOutput:
+        self.num_compilations += 1  # runs at trace time only
+        model = nnx.merge(graphdef, state)
+        batch = input_ids.shape[0]
+        self.last_trace = {"prefill_batch": batch, "decode_batch": batch * n, "cache_size": cache_size}
+        logits, cache = model.prefill(input_ids, attention_mask, pixel_values, image_grid_thw, cache_size=cache_size)
+        logits, cache = _repeat_rows((logits[:, -1], cache), n)
+        rows = batch * n
+        eos_ids = jnp.asarray(eos, jnp.int32)
+
+        def cond(carry):
+            step, done = carry[0], carry[1]
+            return (step < max_new_tokens) & ~jnp.all(done)
+
+        def body(carry):
+            step, done, tokens, log_probs, mask, logits, cache, rng = carry
+            rng, key = jax.random.split(rng)
+            token, log_prob = choose_tokens(logits, key, temperature, top_p, top_k=top_k, greedy=greedy, banned=banned)
+            token = jnp.where(done, pad, token)
+            tokens = tokens.at[:, step].set(token)
+            log_probs = log_probs.at[:, step].set(jnp.where(done, 0.0, log_prob))
+            mask = mask.at[:, step].set(~done)
+            done = done | jnp.isin(token, eos_ids)
+            logits, cache = model.decode(token[:, None], cache)
+            return step + 1, done, tokens, log_probs, mask, logits[:, -1], cache, rng
+
+        init = (
+            jnp.asarray(0, jnp.int32),
+            jnp.zeros((rows,), bool),
+            jnp.full((rows, length), pad, jnp.int32),
+            jnp.zeros((rows, length), jnp.float32),
+            jnp.zeros((rows, length), bool),
+            constrain(logits, ("batch", "vocab"), self.rules),
+            cache,
+            rng,
+        )
+        _, _, tokens, log_probs, mask, *_ = jax.lax.while_loop(cond, body, init)
+        mask = mask.astype(jnp.int32)
+        return RolloutOutput(tokens=tokens, log_probs=log_probs, mask=mask, lengths=mask.sum(axis=1))
+
+    # -- host side --------------------------------------------------------------------------------------------------
+
+    def _batch_multiple(self) -> int:
+        if self.mesh is None:
+            return 1
+        return math.prod(self.mesh.shape[a] for a in batch_sharding(self.mesh, 1, self.rules).spec[0])
+
+    def _check_cache_fits(self, model, rows: int, cache_size: int) -> int:
+        text = model.cfg.text
+        per_device_rows = rows / self._batch_multiple()
+        bytes_needed = (
+            int(2 * text.num_hidden_layers * per_device_rows * cache_size * text.num_key_value_heads * text.head_dim)
+            * jnp.dtype(model.dtype).itemsize
+        )
+        limit = self.config.max_cache_bytes
+        if limit is None:
+            stats = jax.devices()[0].memory_stats() or {}
+            if "bytes_limit" in stats:
+                limit = int(stats["bytes_limit"] * self.config.cache_memory_fraction)
+        if limit is not None and bytes_needed > limit:
+            raise CacheTooLargeError(
+                f"rollout KV cache needs {bytes_needed / 2**30:.2f} GiB per device for {rows} rows × {cache_size} "
+                f"slots (batch bucket × n, prompt + new-token buckets), over the limit of {limit / 2**30:.2f} GiB "
+                "(rollout.max_cache_bytes); use fewer prompts per rollout call, a smaller n or max_new_tokens, or "
+                "more data/fsdp devices"
+            )
+        return bytes_needed
+
+    def generate(
+        self,
+        model: nnx.Module,
+        input_ids,
+        attention_mask,
+        *,
+        pixel_values=None,
+        image_grid_thw=None,
+        max_new_tokens: int,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        rng: jax.Array,
+    ) -> RolloutOutput:
+        """Samples ``n`` completions per left-padded prompt; see the module docstring."""
+        input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
+        batch, prompt_len = input_ids.shape
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature}")
+        if not eos_token_ids:
+            raise ValueError("eos_token_ids must name at least one token")
+        cfg = self.config
+        rows_bucket = bucket(batch, cfg.batch_buckets, self._batch_multiple())
+        prompt_bucket = bucket(prompt_len, cfg.prompt_buckets)
+        length = bucket(max_new_tokens, cfg.new_token_buckets)
+        cache_size = prompt_bucket + length
+        self._check_cache_fits(model, rows_bucket * n, cache_size)
+
+        ids = np.full((rows_bucket, prompt_bucket), pad_token_id, np.int32)
+        mask = np.zeros((rows_bucket, prompt_bucket), np.int32)
+        ids[:batch, prompt_bucket - prompt_len :] = input_ids
+        mask[:batch, prompt_bucket - prompt_len :] = attention_mask
+        if pixel_values is not None:
+            pixel_values = np.asarray(pixel_values)
+            patches = bucket(pixel_values.shape[0], cfg.patch_buckets)
+            pixel_values = np.concatenate(
+                [pixel_values, np.zeros((patches - pixel_values.shape[0], pixel_values.shape[1]), pixel_values.dtype)]
+            )
+            image_grid_thw = np.asarray(image_grid_thw, np.int32)
+        ids, mask = self._place(ids), self._place(mask)
+        graphdef, state = nnx.split(model)
+        with self._mesh_context():
+            out = self._program(
+                state,
+                ids,
+                mask,
+                pixel_values,
+                image_grid_thw,
+                rng,
+                jnp.asarray(max_new_tokens, jnp.int32),
+                jnp.asarray(temperature, jnp.float32),
+                jnp.asarray(top_p, jnp.float32),
+                graphdef=graphdef,
+                n=n,
+                length=length,
+                cache_size=cache_size,
+                top_k=top_k,
+                greedy=greedy,
+                eos=tuple(eos_token_ids),
+                pad=pad_token_id,
+                banned=model.cfg.special_token_ids,
+            )
+        return jax.tree.map(lambda x: x[: batch * n, :max_new_tokens] if x.ndim == 2 else x[: batch * n], out)
+
+    def _place(self, array: np.ndarray):
+        if self.mesh is None:
+            return array
+        return jax.device_put(array, batch_sharding(self.mesh, array.ndim, self.rules))
+
+    def _mesh_context(self):
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        return jax.set_mesh(self.mesh)
+
+
+_DEFAULT_ENGINE = RolloutEngine()
+
+
+def generate(model: nnx.Module, input_ids, attention_mask, **kwargs) -> RolloutOutput:
+    """`RolloutEngine.generate` on a process-wide engine with the default buckets (no mesh)."""
+    return _DEFAULT_ENGINE.generate(model, input_ids, attention_mask, **kwargs)
+
+
+def compilation_count() -> int:
+    """How many sampling programs the default engine has compiled."""
+    return _DEFAULT_ENGINE.num_compilations
+
+
+__all__ = [
+    "CacheTooLargeError",
+    "RolloutConfig",
+    "RolloutEngine",
+    "RolloutOutput",
+    "bucket",
+    "choose_tokens",
+    "compilation_count",
+    "generate",
+]
