@@ -145,6 +145,13 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, MeshAxes] = DEFAUL
     return NamedSharding(mesh, PartitionSpec(rules["batch"], *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> int:
+    """How many ways the batch axis is split (a global batch must be a multiple of it)."""
+    axes = rules["batch"]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def shard_batch(mesh: Mesh, *arrays, rules: Mapping[str, MeshAxes] = DEFAULT_RULES):
     """Places host arrays batch-sharded on ``mesh`` (None passes through)."""
     return tuple(

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, batch_sharding, constrain
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, batch_sharding, batch_shards, constrain
 
 
 class CacheTooLargeError(ValueError):
@@ -205,9 +205,7 @@ class RolloutEngine:
     # -- host side --------------------------------------------------------------------------------------------------
 
     def _batch_multiple(self) -> int:
-        if self.mesh is None:
-            return 1
-        return math.prod(self.mesh.shape[a] for a in batch_sharding(self.mesh, 1, self.rules).spec[0])
+        return 1 if self.mesh is None else batch_shards(self.mesh, self.rules)
 
     def _check_cache_fits(self, model, rows: int, cache_size: int) -> int:
         text = model.cfg.text

@@ -9,7 +9,14 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from staged_vlm_jax import models
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, logical_to_spec, make_mesh, shard_batch, shard_model
+from staged_vlm_jax.models.sharding import (
+    DEFAULT_RULES,
+    batch_shards,
+    logical_to_spec,
+    make_mesh,
+    shard_batch,
+    shard_model,
+)
 from tests.models.qwen_fixtures import hf_model, image_patches, left_pad, prompt, tiny
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
@@ -95,6 +102,8 @@ def test_logical_rules():
     # A mesh axis is used once per array.
     assert logical_to_spec(("heads", "mlp"), (8, 8), mesh) == P("tensor", None)
     assert logical_to_spec(("batch", None), (8, 3), mesh, DEFAULT_RULES) == P(("data", "fsdp"), None)
+    assert batch_shards(mesh) == 4
+    assert batch_shards(mesh, {**DEFAULT_RULES, "batch": "data"}) == 2
     with pytest.raises(KeyError, match="no sharding rule for logical axis 'nonsense'"):
         logical_to_spec(("nonsense",), (4,), mesh)
 
