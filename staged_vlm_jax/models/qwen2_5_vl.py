@@ -242,6 +242,37 @@ def tiny_config(
     )
 
 
+def per_row_images(
+    pixel_values: np.ndarray,
+    image_grid_thw: np.ndarray,
+    images_per_row: list[int],
+    patches_per_row: int | None = None,
+    slots_per_row: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Packed images (HF layout) -> the per-row layout: [B, patches_per_row, ·] zero-padded patches and
+    [B, slots_per_row, 3] grids with empty slots (0, 0, 0). Defaults are the batch's maxima; pass bucket sizes to
+    fix the shapes."""
+    grid = np.asarray(image_grid_thw, np.int32).reshape(-1, 3)
+    if sum(images_per_row) != len(grid):
+        raise ValueError(
+            f"images_per_row {images_per_row} sums to {sum(images_per_row)}, but there are {len(grid)} grids"
+        )
+    sizes = np.prod(grid, axis=1)
+    image_end = np.cumsum(images_per_row)
+    patch_end = np.concatenate([[0], np.cumsum(sizes)])[image_end]
+    patch_start = np.concatenate([[0], patch_end[:-1]])
+    patches_per_row = patches_per_row or int(max(patch_end - patch_start, default=0))
+    slots_per_row = slots_per_row or max(images_per_row, default=0)
+    if max(patch_end - patch_start, default=0) > patches_per_row or max(images_per_row, default=0) > slots_per_row:
+        raise ValueError(f"a row needs more than {patches_per_row} patches or {slots_per_row} image slots")
+    pixels = np.zeros((len(images_per_row), patches_per_row, pixel_values.shape[-1]), pixel_values.dtype)
+    grids = np.zeros((len(images_per_row), slots_per_row, 3), np.int32)
+    for row, (start, end, count) in enumerate(zip(patch_start, patch_end, images_per_row, strict=True)):
+        pixels[row, : end - start] = pixel_values[start:end]
+        grids[row, :count] = grid[image_end[row] - count : image_end[row]]
+    return pixels, grids
+
+
 def rope_positions(
     input_ids: jax.Array,
     attention_mask: jax.Array,
@@ -260,8 +291,9 @@ def rope_positions(
     is_image = (input_ids == image_token_id) & valid
     advance = (valid & ~is_image).astype(jnp.int32)
     offsets = jnp.zeros((3, *input_ids.shape), jnp.int32)
-    if image_grid_thw is not None and image_grid_thw.shape[0] > 0:
-        grid = image_grid_thw.astype(jnp.int32)
+    if image_grid_thw is not None and image_grid_thw.size > 0:
+        # Per-row grids [B, I, 3] flatten to the packed order; empty slots (0, 0, 0) hold no tokens.
+        grid = image_grid_thw.reshape(-1, 3).astype(jnp.int32)
         h, w = grid[:, 1] // merge_size, grid[:, 2] // merge_size
         tokens = grid[:, 0] * h * w
         ends = jnp.cumsum(tokens)
@@ -269,8 +301,9 @@ def rope_positions(
         index = (jnp.cumsum(flat) - 1).reshape(input_ids.shape)  # rank among all image tokens of the batch
         image = jnp.clip(jnp.searchsorted(ends, index, side="right"), 0, grid.shape[0] - 1)
         offset = index - (ends - tokens)[image]
-        frame = offset // (h * w)[image]
-        row, col = (offset // w[image]) % h[image], offset % w[image]
+        h1, w1 = jnp.maximum(h, 1)[image], jnp.maximum(w, 1)[image]  # only real images' values are used
+        frame = offset // (h1 * w1)
+        row, col = (offset // w1) % h1, offset % w1
         last = is_image & (offset == tokens[image] - 1)
         advance = advance + jnp.where(last, jnp.maximum(h, w)[image], 0)
         offsets = jnp.where(is_image[None], jnp.stack([frame, row, col]), 0)
@@ -280,18 +313,27 @@ def rope_positions(
 
 
 def image_features_count(image_grid_thw, merge_size: int):
-    """Number of LLM image tokens the grids describe: Σ t·h·w / merge²."""
+    """LLM image tokens the grids describe, Σ t·h·w / merge² over the last grid axis ([I, 3] -> scalar, per-row
+    [B, I, 3] -> [B])."""
     grid = jnp.asarray(image_grid_thw)
-    return jnp.sum(grid[:, 0] * grid[:, 1] * grid[:, 2]) // (merge_size * merge_size)
+    return jnp.sum(grid[..., 0] * grid[..., 1] * grid[..., 2], axis=-1) // (merge_size * merge_size)
 
 
 def check_image_inputs(input_ids, pixel_values, image_grid_thw, image_token_id: int, merge_size: int) -> None:
     """Host-side checks (skipped under tracing) that placeholders, grids and patches agree.
 
     ``pixel_values`` may carry extra trailing rows (padding to a fixed-shape bucket), never fewer than the grids
-    describe.
+    describe. In the per-row format ([B, N, ·] patches, [B, I, 3] grids) each row is checked on its own.
     """
     if any(isinstance(x, jax.core.Tracer) for x in (input_ids, pixel_values, image_grid_thw)):
+        return
+    if pixel_values.ndim == 3:
+        for row in range(pixel_values.shape[0]):
+            try:
+                check_image_inputs(input_ids[row : row + 1], pixel_values[row], image_grid_thw[row], image_token_id,
+                                   merge_size)  # fmt: skip
+            except ImageTokenMismatchError as e:
+                raise ImageTokenMismatchError(f"row {row}: {e}") from None
         return
     grid = np.asarray(image_grid_thw)
     patches = int(np.sum(np.prod(grid, axis=-1)))
@@ -396,10 +438,16 @@ class Qwen2_5_VL(nnx.Module):
         check_image_inputs(input_ids, pixel_values, image_grid_thw, image_token_id, merge_size)
         features = self.visual(pixel_values, image_grid_thw).astype(x.dtype)
         is_image = input_ids == image_token_id
-        index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(input_ids.shape)
-        placed = jnp.take(features, jnp.clip(index, 0, features.shape[0] - 1), axis=0)
+        if features.ndim == 3:  # per row: each row's placeholders take its own features
+            index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+            placed = jnp.take_along_axis(features, index[..., None], axis=1)
+            mismatch = jnp.sum(is_image, axis=1) != image_features_count(image_grid_thw, merge_size)
+            mismatch = mismatch[:, None, None]
+        else:  # packed: placeholders of the whole batch take the features in order
+            index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(input_ids.shape)
+            placed = jnp.take(features, jnp.clip(index, 0, features.shape[0] - 1), axis=0)
+            mismatch = jnp.sum(is_image) != image_features_count(image_grid_thw, merge_size)
         x = jnp.where(is_image[..., None], placed, x)
-        mismatch = jnp.sum(is_image) != image_features_count(image_grid_thw, merge_size)
         return jnp.where(mismatch, jnp.nan, x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

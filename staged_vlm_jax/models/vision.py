@@ -65,7 +65,7 @@ def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window
     real = image < grid.shape[0]
     image_or_last = jnp.minimum(image, grid.shape[0] - 1)
     offset = jnp.where(real, u - (ends - units_per_image)[image_or_last], 0)
-    h_img, w_img = hh[image_or_last], ww[image_or_last]
+    h_img, w_img = jnp.maximum(hh[image_or_last], 1), jnp.maximum(ww[image_or_last], 1)  # empty image slots
     frame = offset // (h_img * w_img)
     row, col = (offset // w_img) % h_img, offset % w_img
     window_keys = [
@@ -213,6 +213,14 @@ class VisionTransformer(nnx.Module):
         self.merger = PatchMerger(cfg.hidden_size, cfg.out_hidden_size, cfg.spatial_merge_size, dtype=dtype, rngs=rngs)
 
     def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
+        """Packed: pixel_values [N, C·T·P·P], grid_thw [I, 3] -> [N / m², out]. Per row: pixel_values [B, N, ·],
+        grid_thw [B, I, 3] (unused image slots all-zero) -> [B, N / m², out], each row encoded on its own, so rows
+        shard over the batch axes and micro-batches are plain row slices."""
+        if pixel_values.ndim == 3:
+            return jax.vmap(self._encode)(pixel_values, grid_thw)
+        return self._encode(pixel_values, grid_thw)
+
+    def _encode(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
         cfg = self.cfg
         n = pixel_values.shape[0]
         unit = cfg.spatial_merge_size**2

@@ -147,3 +147,23 @@ def test_local_segment_attention_equals_dense_masked_attention(n):
     dense = dot_product_attention(q[None], k[None], v[None], (segment[:, None] == segment[None, :])[None], 0.3)[0]
     local = local_segment_attention(q, k, v, jnp.asarray(segment), block, 0.3)
     np.testing.assert_allclose(np.asarray(local), np.asarray(dense), atol=1e-6, rtol=0)
+
+
+def test_per_row_image_layout_gives_the_packed_logits(model_and_batch):
+    from staged_vlm_jax.models.qwen2_5_vl import per_row_images
+
+    model, _, ids, mask, pixels, grids = model_and_batch
+    rows_pixels, rows_grids = per_row_images(pixels, grids, [1, 2], patches_per_row=80, slots_per_row=3)
+    assert rows_pixels.shape == (2, 80, pixels.shape[1]) and rows_grids.shape == (2, 3, 3)
+    valid = mask.astype(bool)
+    expected = np.asarray(model(ids, mask, pixels, grids))[valid]
+    np.testing.assert_allclose(np.asarray(model(ids, mask, rows_pixels, rows_grids))[valid], expected, atol=1e-5)
+    graphdef, state = nnx.split(model)
+    jitted = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
+    np.testing.assert_allclose(
+        np.asarray(jitted(state, ids, mask, rows_pixels, rows_grids))[valid], expected, atol=1e-5
+    )
+    bad = ids.copy()
+    bad[1, np.flatnonzero(bad[1] == model.cfg.image_token_id)[0]] = 5
+    with pytest.raises(models.ImageTokenMismatchError, match="row 1: image placeholder tokens"):
+        model(bad, mask, rows_pixels, rows_grids)
