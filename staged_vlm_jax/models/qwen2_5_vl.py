@@ -464,14 +464,18 @@ class Qwen2_5_VL(nnx.Module):
             merge_size=self.cfg.vision.spatial_merge_size,
         )
 
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
-        """Logits [B, T, vocab] for left- or right-padded ``input_ids`` (pad positions hold garbage)."""
+    def hidden_states(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
+        """Final-norm hidden states [B, T, hidden]; the learner applies `logits` to the response slice only."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         x = self.embed(input_ids, pixel_values, image_grid_thw)
         positions, _ = self._positions(input_ids, attention_mask, image_grid_thw)
         hidden, _ = self.language_model(x, positions, attention_mask)
-        return self.logits(hidden)
+        return hidden
+
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
+        """Logits [B, T, vocab] for left- or right-padded ``input_ids`` (pad positions hold garbage)."""
+        return self.logits(self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw))
 
     def init_cache(self, batch: int, size: int, dtype=None) -> tuple[tuple[jax.Array, jax.Array], ...]:
         t = self.cfg.text

@@ -1,0 +1,281 @@
+"""GRPO learner: train state, log-prob recomputation and the jitted, sharded policy-gradient step.
+
+One `Learner.train_step` consumes the rollouts of one RL step (B prompts × n responses = R rows) exactly as
+EasyR1 does: old log-probs are computed once with the current weights, reference log-probs with the stage's
+initial weights, then the rows are cut into ``num_minibatches`` mini-batches, one AdamW update each; a mini-batch
+is processed in micro-batches whose gradients are accumulated *exactly* — every micro-batch's loss is normalised
+by the whole mini-batch's unit count (tokens for token-mean, sequences otherwise), so the sum of micro-batch
+gradients is the mini-batch gradient for every aggregation mode.
+
+Only parameters matching ``trainable`` regexes get gradients and optimizer state; the rest stay bit-identical.
+A non-finite loss or gradient skips the update (parameters and optimizer state unchanged) and is counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, batch_shards, state_shardings
+from staged_vlm_jax.rl import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """The objective and optimizer (defaults: the paper's EasyR1 recipe)."""
+
+    learning_rate: float = 1e-6
+    weight_decay: float = 1e-2
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    num_minibatches: int = 4
+    micro_batch_size: int | None = None  # rows per gradient-accumulation micro-batch; None = whole mini-batch
+    loss_type: str = "grpo"
+    loss_agg: str = "token-mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.3
+    clip_dual: float = 3.0
+    kl_coef: float = 1e-2
+    kl_kind: str = "k3"
+    temperature: float = 1.0
+    trainable: tuple[str, ...] = (r".*",)  # regexes over dotted parameter paths, e.g. r"^language_model\."
+
+
+@flax.struct.dataclass
+class TrainBatch:
+    """One RL step's rows: prompt (left-padded) + response (right-padded) token ids, R rows.
+
+    input_ids / attention_mask [R, P + L]; response_mask [R, L] (1 on response tokens, EOS included);
+    advantages [R] or [R, L]; optional per-row images (pixel_values [R, N, ·], image_grid_thw [R, I, 3]);
+    optional old_log_probs [R, L] (recomputed with the current weights when None, as EasyR1 does).
+    """
+
+    input_ids: jax.Array
+    attention_mask: jax.Array
+    response_mask: jax.Array
+    advantages: jax.Array
+    pixel_values: jax.Array | None = None
+    image_grid_thw: jax.Array | None = None
+    old_log_probs: jax.Array | None = None
+
+
+@flax.struct.dataclass
+class TrainState:
+    """params: trainable weights; frozen: the rest; ref_params: the KL reference (trainable part at the stage
+    start; the frozen part is shared); opt_state covers ``params`` only."""
+
+    params: nnx.State
+    frozen: nnx.State
+    ref_params: nnx.State
+    opt_state: optax.OptState
+    step: jax.Array
+    skipped_updates: jax.Array
+
+
+def trainable_filter(patterns: tuple[str, ...]):
+    """An NNX filter: parameters whose dotted path matches any regex (``re.search``)."""
+    compiled = [re.compile(p) for p in patterns]
+    return lambda path, _: any(c.search(".".join(map(str, path))) for c in compiled)
+
+
+def learning_rate_schedule(cfg: LearnerConfig) -> optax.Schedule:
+    """Constant learning rate after an optional linear warmup (counted in optimizer updates)."""
+    if cfg.warmup_steps:
+        return optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    return optax.constant_schedule(cfg.learning_rate)
+
+
+def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW."""
+    lr = learning_rate_schedule(cfg)
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps, weight_decay=cfg.weight_decay),
+    )
+
+
+def response_log_probs(model: nnx.Module, batch: TrainBatch, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """log_softmax(logits / T) of each response token and the per-token entropy, both [R, L].
+
+    The logits at position P − 1 + t predict response token t; only those L positions go through the LM head.
+    """
+    length = batch.response_mask.shape[1]
+    hidden = model.hidden_states(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw)
+    logits = model.logits(hidden[:, -length - 1 : -1]).astype(jnp.float32) / temperature
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    targets = batch.input_ids[:, -length:]
+    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return token_log_probs, losses.entropy_from_logits(logits)
+
+
+def _split_rows(tree, *leading: int):
+    """Reshapes every batched leaf [R, ...] to [*leading, R / prod(leading), ...]."""
+    return jax.tree.map(lambda x: x.reshape(*leading, -1, *x.shape[1:]), tree)
+
+
+class Learner:
+    """Owns the model's graph, the optimizer and the compiled train step for one stage."""
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        config: LearnerConfig = LearnerConfig(),
+        mesh: Mesh | None = None,
+        rules: Mapping[str, MeshAxes] = DEFAULT_RULES,
+    ):
+        self.config, self.mesh, self.rules = config, mesh, rules
+        self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.trainable), ...)
+        if not jax.tree.leaves(params):
+            raise ValueError(f"learner.trainable {config.trainable} matches no parameter")
+        self.tx = make_optimizer(config)
+        self.learning_rate = learning_rate_schedule(config)
+        scalar = jnp.zeros((), jnp.int32)
+        opt_state = self.tx.init(params)
+        if mesh is not None:
+            params, frozen = (jax.device_put(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
+            replicated = NamedSharding(mesh, PartitionSpec())
+            scalar = jax.device_put(scalar, replicated)
+            # The moments mirror the params' shardings (GSPMD propagation); scalars (Adam's count) are replicated.
+            opt_state = jax.tree.map(
+                lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
+                jax.jit(self.tx.init)(params),
+            )
+        self.state = TrainState(
+            params=params,
+            frozen=frozen,
+            ref_params=jax.tree.map(jnp.copy, params),
+            opt_state=opt_state,
+            step=scalar,
+            skipped_updates=jnp.copy(scalar),
+        )
+        jit_kwargs = {}
+        if mesh is not None:
+            state_sharding = jax.tree.map(lambda x: x.sharding, self.state)
+            rows = NamedSharding(mesh, PartitionSpec(rules["batch"]))  # prefix: every batch leaf is [rows, ...]
+            jit_kwargs = dict(
+                in_shardings=(state_sharding, rows),
+                out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())),
+            )
+        self._step = jax.jit(self._train_step, donate_argnums=0, **jit_kwargs)
+
+    def model(self, state: TrainState | None = None, reference: bool = False) -> nnx.Module:
+        """The current (or reference) model as an NNX module, e.g. for the rollout engine."""
+        state = state or self.state
+        return nnx.merge(self.graphdef, state.ref_params if reference else state.params, state.frozen)
+
+    def place_batch(self, batch: TrainBatch) -> TrainBatch:
+        """Puts host arrays on the mesh, rows over the batch axes (a no-op without a mesh)."""
+        if self.mesh is None:
+            return batch
+        rows = batch.input_ids.shape[0]
+        if rows % batch_shards(self.mesh, self.rules):
+            raise ValueError(f"{rows} rows do not split over {batch_shards(self.mesh, self.rules)} batch shards")
+        return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec(self.rules["batch"])))
+
+    def train_step(self, batch: TrainBatch) -> dict[str, jax.Array]:
+        """Runs one RL step's updates on ``batch`` and returns its metrics; updates ``self.state``."""
+        rows = batch.input_ids.shape[0]
+        cfg = self.config
+        micro = cfg.micro_batch_size or rows // cfg.num_minibatches
+        if rows % cfg.num_minibatches or (rows // cfg.num_minibatches) % micro:
+            raise ValueError(
+                f"{rows} rows do not split into learner.num_minibatches={cfg.num_minibatches} mini-batches of "
+                f"whole micro-batches of learner.micro_batch_size={micro}"
+            )
+        self.state, metrics = self._step(self.state, self.place_batch(batch))
+        return metrics
+
+    # -- compiled ---------------------------------------------------------------------------------------------------
+
+    def _log_probs(self, params, frozen, batch: TrainBatch, micro: int) -> jax.Array:
+        """Log-probs of every row with ``params``, micro-batch by micro-batch (no gradients)."""
+        rows = batch.input_ids.shape[0]
+        model_batch = batch.replace(old_log_probs=None)
+        chunks = _split_rows(model_batch, rows // micro)
+        fn = lambda b: response_log_probs(nnx.merge(self.graphdef, params, frozen), b, self.config.temperature)[0]
+        return jax.lax.stop_gradient(jax.lax.map(fn, chunks).reshape(rows, -1))
+
+    def _train_step(self, state: TrainState, batch: TrainBatch):
+        cfg = self.config
+        rows = batch.input_ids.shape[0]
+        per_minibatch = rows // cfg.num_minibatches
+        micro = cfg.micro_batch_size or per_minibatch
+        if batch.old_log_probs is None:
+            batch = batch.replace(old_log_probs=self._log_probs(state.params, state.frozen, batch, micro))
+        ref_log_probs = (
+            self._log_probs(state.ref_params, state.frozen, batch, micro)
+            if cfg.kl_coef
+            else jnp.zeros_like(batch.old_log_probs)
+        )
+        minibatches = _split_rows((batch, ref_log_probs), cfg.num_minibatches)
+        minibatches = jax.tree.map(lambda x: x.reshape(x.shape[0], per_minibatch // micro, micro, *x.shape[2:]),
+                                   minibatches)  # fmt: skip
+
+        def micro_step(params, frozen, units, chunk):
+            mb, ref = chunk
+
+            def loss_fn(p):
+                log_probs, entropy = response_log_probs(nnx.merge(self.graphdef, p, frozen), mb, cfg.temperature)
+                pg_loss, pg_metrics = losses.policy_loss(
+                    log_probs, mb.old_log_probs, mb.advantages, mb.response_mask, cfg.clip_low, cfg.clip_high,
+                    cfg.clip_dual, cfg.loss_type, cfg.loss_agg, units,
+                )  # fmt: skip
+                kl = losses.aggregate(losses.kl_penalty(log_probs, ref, cfg.kl_kind), mb.response_mask, cfg.loss_agg,
+                                      units)  # fmt: skip
+                tokens = jnp.sum(mb.response_mask)
+                # Token-weighted sums, so metrics over micro-batches combine into exact mini-batch means.
+                sums = {k: v * tokens for k, v in pg_metrics.items()}
+                sums["entropy"] = jnp.sum(entropy * mb.response_mask)
+                sums["kl_token_mean"] = jnp.sum(losses.kl_penalty(log_probs, ref, cfg.kl_kind) * mb.response_mask)
+                return pg_loss + cfg.kl_coef * kl, (pg_loss, kl, sums, tokens)
+
+            return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+        def minibatch_step(carry, minibatch):
+            params, opt_state, skipped = carry
+            units = losses.aggregation_units(minibatch[0].response_mask.reshape(per_minibatch, -1), cfg.loss_agg)
+
+            def accumulate(acc, chunk):
+                (loss, (pg, kl, sums, tokens)), grads = micro_step(params, state.frozen, units, chunk)
+                grads_acc, totals = acc
+                grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+                totals = jax.tree.map(jnp.add, totals, {"loss": loss, "pg_loss": pg, "kl_loss": kl, "tokens": tokens,
+                                                         **sums})  # fmt: skip
+                return (grads_acc, totals), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            metric_keys = ("loss", "pg_loss", "kl_loss", "tokens", "pg_clipfrac_higher", "pg_clipfrac_lower",
+                           "ppo_kl", "entropy", "kl_token_mean")  # fmt: skip
+            totals0 = {k: jnp.zeros((), jnp.float32) for k in metric_keys}
+            (grads, totals), _ = jax.lax.scan(accumulate, (zeros, totals0), minibatch)
+            grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(grad_norm) & jnp.isfinite(totals["loss"])
+            updates, new_opt_state = self.tx.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            tokens = jnp.maximum(totals.pop("tokens"), 1)
+            metrics = {k: totals[k] for k in ("loss", "pg_loss", "kl_loss")}
+            metrics.update({k: totals[k] / tokens for k in metric_keys[4:]})
+            metrics["grad_norm"] = grad_norm
+            carry = (keep(new_params, params), keep(new_opt_state, opt_state), skipped + (~finite).astype(jnp.int32))
+            return carry, metrics
+
+        (params, opt_state, skipped), metrics = jax.lax.scan(
+            minibatch_step, (state.params, state.opt_state, state.skipped_updates), minibatches
+        )
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["skipped_updates"] = skipped - state.skipped_updates
+        metrics["lr"] = self.learning_rate(state.step * cfg.num_minibatches)
+        state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, skipped_updates=skipped)
+        return state, metrics

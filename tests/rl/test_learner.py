@@ -1,0 +1,152 @@
+"""GRPO learner: exact micro-batch accumulation, frozen parameters, NaN guard, 8-device mesh equivalence."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from staged_vlm_jax import models
+from staged_vlm_jax.models.qwen2_5_vl import per_row_images
+from staged_vlm_jax.models.sharding import make_mesh
+from staged_vlm_jax.rl import losses
+from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch, response_log_probs
+from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
+
+ROWS, RESPONSE = 8, 6
+
+
+def make_batch(cfg, seed=0, images=False) -> TrainBatch:
+    rng = np.random.default_rng(seed)
+    grids = [(1, 4, 4), (1, 4, 8)] * (ROWS // 2)
+    rows = [
+        prompt(rng, cfg, [g] if images else [], [1 + i % 3, 2] if images else [3 + i % 3]) for i, g in enumerate(grids)
+    ]
+    ids, mask = left_pad(rows, cfg.text.pad_token_id)
+    response = rng.integers(0, cfg.image_token_id - 1, (ROWS, RESPONSE)).astype(np.int32)
+    lengths = rng.integers(1, RESPONSE + 1, ROWS)
+    response_mask = (np.arange(RESPONSE)[None] < lengths[:, None]).astype(np.int32)
+    response = np.where(response_mask > 0, response, cfg.text.pad_token_id)
+    batch = TrainBatch(
+        input_ids=np.concatenate([ids, response], axis=1),
+        attention_mask=np.concatenate([mask, response_mask], axis=1),
+        response_mask=response_mask,
+        advantages=rng.normal(0, 1, ROWS).astype(np.float32),
+    )
+    if images:
+        pixels = np.concatenate([image_patches(rng, cfg, g) for g in grids])
+        rows_pixels, rows_grids = per_row_images(pixels, np.array(grids), [1] * ROWS)
+        batch = batch.replace(pixel_values=rows_pixels, image_grid_thw=rows_grids)
+    return batch
+
+
+def _config(**overrides):
+    # A large learning rate so one update visibly moves the weights.
+    return dataclasses.replace(LearnerConfig(learning_rate=1e-2, num_minibatches=2), **overrides)
+
+
+def _params(learner):
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(learner.state.params))
+
+
+def _first_moment(learner):
+    """Adam's first moment, (1 − b1)·gradient after one update: compares gradients without Adam's normalisation,
+    which amplifies float noise in near-zero gradients into O(lr) parameter differences."""
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(learner.state.opt_state[1][0].mu))
+
+
+@pytest.mark.parametrize("agg", losses.LOSS_AGGREGATIONS)
+def test_micro_batched_update_equals_full_batch_update(agg):
+    cfg = tiny()
+    batch = make_batch(cfg, images=agg == "token-mean")  # images in one mode; text-only compiles faster
+    results = []
+    for micro in (None, 2):
+        learner = Learner(models.create(cfg, seed=1), _config(loss_agg=agg, micro_batch_size=micro, num_minibatches=1))
+        metrics = learner.train_step(batch)
+        results.append((_first_moment(learner), _params(learner), {k: float(v) for k, v in metrics.items()}))
+    (full_mu, full_params, full_metrics), *others = results
+    assert max(np.abs(x).max() for x in jax.tree.leaves(full_mu)) > 1e-4  # the gradients are not trivial
+    for mu, params, metrics in others:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), mu, full_mu)
+        for k in ("loss", "pg_loss", "kl_loss", "pg_clipfrac_higher", "entropy", "grad_norm"):
+            assert metrics[k] == pytest.approx(full_metrics[k], rel=1e-5, abs=1e-6), k
+        assert len(jax.tree.leaves(params)) == len(jax.tree.leaves(full_params))
+
+
+def test_frozen_parameters_stay_bit_identical_and_get_no_optimizer_state():
+    cfg = tiny()
+    model = models.create(cfg, seed=2)
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+    learner = Learner(model, _config(trainable=(r"^language_model\.layers\.1\.",)))
+    for seed in range(3):
+        learner.train_step(make_batch(cfg, seed, images=True))
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(learner.model())))
+    moved = []
+    flat_before = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+    for key, value in jax.tree_util.tree_flatten_with_path(after)[0]:
+        dotted = jax.tree_util.keystr(key)
+        if "['layers'][1]" in dotted:
+            moved.append(not np.array_equal(value, flat_before[key]))
+        else:
+            np.testing.assert_array_equal(value, flat_before[key], err_msg=dotted)
+    assert moved and all(moved)
+    n_trainable = len(jax.tree.leaves(learner.state.params))
+    adam_mu = learner.state.opt_state[1][0].mu
+    assert len(jax.tree.leaves(adam_mu)) == n_trainable < len(jax.tree.leaves(after))
+
+
+def test_non_finite_update_is_skipped_and_counted():
+    cfg = tiny()
+    learner = Learner(models.create(cfg, seed=3), _config())
+    before = _params(learner)
+    batch = make_batch(cfg)
+    metrics = learner.train_step(batch.replace(advantages=np.full(ROWS, np.nan, np.float32)))
+    assert int(metrics["skipped_updates"]) == 2 and int(learner.state.skipped_updates) == 2
+    jax.tree.map(np.testing.assert_array_equal, _params(learner), before)
+    metrics = learner.train_step(batch)
+    assert int(metrics["skipped_updates"]) == 0 and int(learner.state.step) == 2
+
+
+def test_old_log_probs_are_recomputed_with_the_current_weights():
+    """With old = current weights the first mini-batch's ratio is 1: no clipping, ppo_kl 0 (EasyR1 semantics)."""
+    cfg = tiny()
+    model = models.create(cfg, seed=4)
+    batch = make_batch(cfg)
+    log_probs, _ = response_log_probs(model, batch, 1.0)
+    mask = batch.response_mask.astype(bool)
+    assert np.isfinite(np.asarray(log_probs)[mask]).all()
+    learner = Learner(model, _config(num_minibatches=1, kl_coef=0.0))
+    metrics = learner.train_step(batch)
+    assert float(metrics["ppo_kl"]) == pytest.approx(0.0, abs=1e-7)
+    assert float(metrics["pg_clipfrac_higher"]) == 0.0
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_sharded_step_equals_single_device_step():
+    cfg = tiny()
+    batch = make_batch(cfg, images=True)
+    single = Learner(models.create(cfg, seed=5), _config(micro_batch_size=2, learning_rate=1e-6))
+    single_metrics = single.train_step(batch)
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = Learner(models.create(cfg, seed=5), _config(micro_batch_size=2, learning_rate=1e-6), mesh=mesh)
+    kernel = sharded.state.params["language_model"]["layers"][0]["mlp"]["gate_proj"]["kernel"][...]
+    assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
+    sharded_metrics = sharded.train_step(batch)
+    check = lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+    jax.tree.map(check, _first_moment(sharded), _first_moment(single))
+    # Adam turns near-zero gradients into ±lr steps, so parameters agree to within 2·lr (the paper's lr here).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=0), _params(sharded), _params(single))
+    assert float(sharded_metrics["loss"]) == pytest.approx(float(single_metrics["loss"]), abs=1e-6)
+
+
+def test_batch_that_does_not_split_is_refused():
+    cfg = tiny()
+    learner = Learner(models.create(cfg, seed=6), _config(micro_batch_size=3))
+    with pytest.raises(ValueError, match="learner.micro_batch_size=3"):
+        learner.train_step(make_batch(cfg))
+    with pytest.raises(ValueError, match="matches no parameter"):
+        Learner(models.create(cfg), _config(trainable=("nothing_matches",)))
