@@ -23,6 +23,12 @@ setup(
         "safetensors>=0.6,<1",
         "numpy>=2.0,<3",
         "pillow>=10,<14",
+        # Rewards: mathruler declares none of its own dependencies (sympy, pylatexenc, tqdm).
+        "mathruler>=0.1.0,<0.2",
+        "math-verify>=0.9.0,<0.10",
+        "sympy>=1.13,<2",
+        "pylatexenc>=2.10,<3",
+        "tqdm>=4.66,<5",
     ],
     extras_require={
         # torch is the parity oracle only; 2.13.0 exactly (a looser pin pulls a multi-GB CUDA build).

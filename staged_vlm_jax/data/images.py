@@ -1,0 +1,361 @@
+"""Qwen-VL image preprocessing (smart resize + patchify), bit-compatible with transformers' image processor.
+
+The vision towers of Qwen2-VL, Qwen2.5-VL and Qwen3-VL take an image as a flat list of patches plus its patch
+grid. `qwen_preprocess` turns one image into exactly the ``pixel_values`` rows and ``image_grid_thw`` that
+transformers' processor produces, using only NumPy and Pillow, so the data pipeline needs no torch and a model
+trained here sees the same inputs as the HF / vLLM stack it is evaluated or served with.
+
+Which HF processor is matched. In transformers 5.24, ``AutoImageProcessor`` / ``AutoProcessor`` map
+``qwen2_vl``, ``qwen2_5_vl`` and ``qwen3_vl`` to one of two classes with the same settings, picked by backend:
+``Qwen2VLImageProcessor`` (torchvision backend) when torchvision is installed, ``Qwen2VLImageProcessorPil``
+otherwise; without torchvision even ``from transformers import Qwen2VLImageProcessor`` gives the Pil class.
+(Qwen3-VL has no image processor of its own; its hub config names ``Qwen2VLImageProcessorFast``, now the
+torchvision class.) Both resize with bicubic filtering (``resample=3``) but with different kernels, which
+disagree by one or two grey levels on under 1% of pixels (up to ~0.03 after normalisation), so each is
+reproduced:
+
+* ``backend="pil"``: Pillow's ``Image.resize(BICUBIC)`` (called directly); then, as transformers' numpy path,
+  ``uint8 -> float64 * (1/255) -> float32`` and ``(x - mean) / std`` in float32. This is what
+  ``AutoImageProcessor`` gives without torchvision, as in this project's environment and CI.
+* ``backend="torchvision"``: torch's CPU uint8 antialiased bicubic kernel (what ``torchvision.transforms.v2``
+  runs for uint8 images on CPU), re-implemented here in NumPy integer arithmetic; then the fused
+  ``(x - 255 mean) / (255 std)`` in float32. This is what ``AutoImageProcessor`` gives with torchvision (on
+  CPU tensors, its default; on CUDA torchvision resizes in float instead). About 3x slower than Pillow's resize.
+* ``backend="auto"`` (default) picks as ``AutoImageProcessor`` does: torchvision when it is installed.
+  Pass ``"pil"`` or ``"torchvision"`` to pin the result regardless of what is installed.
+
+Both convert to RGB as transformers does: PIL images with transparency are composited onto white with Pillow
+(``alpha_composite``) and others go through ``convert("RGB")``; grey [H, W] / [H, W, 1] arrays are repeated to
+three channels and RGBA arrays blended onto white with each backend's own arithmetic.
+
+Normalisation is a lookup in a 3 x 256 table (the resized image is uint8, so each channel has 256 possible
+outputs) holding exactly the float32 values that HF's arithmetic gives: bit-identical and cheaper than the
+arithmetic itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+Backend = Literal["auto", "pil", "torchvision"]
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_ASPECT_RATIO = 200
+RESCALE_FACTOR = 1 / 255  # transformers' default rescale_factor, 0.00392156862745098
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenImageSettings:
+    """One model family's image-processor settings, as in its hub ``preprocessor_config.json``."""
+
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+    def preprocess(
+        self, image: np.ndarray | Image.Image, *, backend: Backend = "auto"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`qwen_preprocess` with these settings."""
+        return qwen_preprocess(image, **dataclasses.asdict(self), backend=backend)
+
+
+# Qwen2-VL / Qwen2.5-VL hub configs: min_pixels 3136, max_pixels 12845056 (the class defaults in transformers
+# cap at 28*28*1280 instead; the released checkpoints override that).
+QWEN2_VL = QwenImageSettings(
+    patch_size=14,
+    merge_size=2,
+    temporal_patch_size=2,
+    min_pixels=56 * 56,
+    max_pixels=28 * 28 * 16384,
+    image_mean=OPENAI_CLIP_MEAN,
+    image_std=OPENAI_CLIP_STD,
+)
+# Qwen3-VL hub configs: size = {"shortest_edge": 65536, "longest_edge": 16777216}.
+QWEN3_VL = QwenImageSettings(
+    patch_size=16,
+    merge_size=2,
+    temporal_patch_size=2,
+    min_pixels=256 * 256,
+    max_pixels=4096 * 4096,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+)
+# By HF ``model_type``.
+SETTINGS: dict[str, QwenImageSettings] = {
+    "qwen2_vl": QWEN2_VL,
+    "qwen2_5_vl": QWEN2_VL,
+    "qwen3_vl": QWEN3_VL,
+    "qwen3_vl_moe": QWEN3_VL,
+}
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = QWEN2_VL.min_pixels,
+    max_pixels: int = QWEN2_VL.max_pixels,
+) -> tuple[int, int]:
+    """Target (height, width): multiples of ``factor``, area in [min_pixels, max_pixels], aspect ratio kept.
+
+    transformers' ``smart_resize``, step for step (Python's round-half-to-even included): round each side to
+    the nearest multiple of ``factor``; if the area exceeds ``max_pixels`` scale both sides down by
+    ``sqrt(h w / max_pixels)`` and floor (never below ``factor``); if it is under ``min_pixels`` scale up by
+    ``sqrt(min_pixels / (h w))`` and ceil. Images smaller than ``factor`` are thus enlarged, not rejected.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image must have a positive height and width, got {height}x{width}")
+    aspect_ratio = max(height, width) / min(height, width)
+    if aspect_ratio > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {aspect_ratio} "
+            f"(image {height}x{width})"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@functools.cache
+def _torchvision_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("torchvision") is not None
+
+
+def resolve_backend(backend: Backend = "auto") -> Literal["pil", "torchvision"]:
+    """The concrete backend: ``"auto"`` becomes what ``AutoImageProcessor`` would use here."""
+    if backend == "auto":
+        return "torchvision" if _torchvision_installed() else "pil"
+    if backend not in ("pil", "torchvision"):
+        raise ValueError(f"backend must be 'auto', 'pil' or 'torchvision', got {backend!r}")
+    return backend
+
+
+def _blend_on_white_pil_backend(rgba: np.ndarray) -> np.ndarray:
+    # transformers.image_transforms.convert_to_rgb: float64 blend, rounded half to even.
+    alpha = rgba[..., 3:4] / 255
+    return np.round(alpha * rgba[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+
+
+def _blend_on_white_torchvision_backend(rgba: np.ndarray) -> np.ndarray:
+    # TorchvisionBackend.convert_to_rgb: float32 blend, back to uint8 by tvF.to_dtype (x * 255.999, truncated).
+    x = rgba.astype(np.float32) * np.float32(1 / 255)
+    blended = x[..., :3] * x[..., 3:] + (np.float32(1) - x[..., 3:])
+    return (blended * np.float32(255 + 1 - 1e-3)).astype(np.uint8)
+
+
+def to_rgb(image: np.ndarray | Image.Image, backend: Backend = "auto") -> np.ndarray:
+    """uint8 [H, W, 3] from a PIL image of any mode, or a uint8 array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]."""
+    if isinstance(image, Image.Image):
+        # Transparent pixels become white (not whatever colour they hide), as in transformers.
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, image.convert("RGBA"))
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8 (0-255), got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"image array must be [H, W] or [H, W, C] with C in (1, 3, 4) (channels last), got shape {array.shape}"
+        )
+    if array.shape[-1] == 1:
+        return np.repeat(array, 3, axis=-1)
+    if array.shape[-1] == 4:
+        return _BLEND_ON_WHITE[resolve_backend(backend)](array)
+    return array
+
+
+def _resize_pil(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    # transformers.image_transforms.resize: Image.fromarray(...).resize((w, h), BICUBIC), reducing_gap=None.
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def _torch_bicubic_aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """First source index [out], int16-valued weights [out, taps] and their fixed-point precision (bits).
+
+    torch's ``_compute_index_ranges_int16_weights`` with the antialiased Keys cubic (a = -0.5): float64
+    weights over a window widened by the downscale factor, normalised to sum 1, then rounded to integers with
+    the most bits that keep the largest weight (times 2) under 2**15.
+    """
+    scale = in_size / out_size
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    taps = math.ceil(support) * 2 + 1
+    inv_scale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size) + 0.5)
+    first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C++ casts truncate toward zero
+    count = np.clip(np.minimum((center + support + 0.5).astype(np.int64), in_size) - first, 0, taps)
+    offsets = np.arange(taps)
+    x = np.abs(((offsets + first[:, None]) - center[:, None] + 0.5) * inv_scale)
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    weights = np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+    weights[offsets >= count[:, None]] = 0.0
+    total = np.zeros(out_size)
+    for k in range(taps):  # sequential, as the C++ loop: pairwise summation could differ in the last bit
+        total += weights[:, k]
+    normalized = total[:, None] != 0.0  # an all-zero window stays unnormalised and counts 0 toward the max
+    weights = np.divide(weights, total[:, None], out=weights, where=normalized)
+    largest = np.where(normalized, weights, 0.0).max()
+    precision = 0
+    while precision < 22 and int(0.5 + largest * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weights * (1 << precision)
+    int_weights = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
+    return first, int_weights, precision
+
+
+def _resample_rows_torch_uint8(image: np.ndarray, out_size: int) -> np.ndarray:
+    """One separable pass of torch's uint8 bicubic along axis 0: integer multiply-add, +half, shift, clamp."""
+    in_size = image.shape[0]
+    first, weights, precision = _torch_bicubic_aa_weights(in_size, out_size)
+    # Rows of a C-contiguous [in, rest] array, so every gather below copies whole contiguous rows.
+    source = np.ascontiguousarray(image).reshape(in_size, -1).astype(np.int32)
+    acc = np.full((out_size, source.shape[1]), 1 << (precision - 1), dtype=np.int32)
+    term = np.empty_like(acc)  # reused: fresh multi-MB temporaries per tap cost more in page faults than the math
+    for k in range(weights.shape[1]):
+        # Past each window the weight is 0, so a clipped index only has to be valid (mode="clip" also avoids
+        # the buffered copy that the default mode makes of ``out``).
+        np.take(source, first + k, axis=0, out=term, mode="clip")
+        np.multiply(term, weights[:, k, None], out=term)
+        acc += term
+    acc >>= precision
+    return np.clip(acc, 0, 255, out=acc).astype(np.uint8).reshape(out_size, *image.shape[1:])
+
+
+def _resize_torchvision(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    # tvF.resize on a uint8 CPU tensor calls F.interpolate(mode="bicubic", antialias=True) natively in uint8:
+    # horizontal pass first, then vertical, each rounded to uint8 and skipped when that side is unchanged.
+    if width != rgb.shape[1]:
+        rgb = _resample_rows_torch_uint8(rgb.transpose(1, 0, 2), width).transpose(1, 0, 2)
+    if height != rgb.shape[0]:
+        rgb = _resample_rows_torch_uint8(rgb, height)
+    return np.ascontiguousarray(rgb)
+
+
+def _normalization_table_pil(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    # PilBackend: rescale in float64 then cast to float32; normalize in float32 with float32 mean / std.
+    levels = (np.arange(256, dtype=np.float64) * RESCALE_FACTOR).astype(np.float32)
+    return (levels[None, :] - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+
+
+def _normalization_table_torchvision(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    # TorchvisionBackend folds the rescale into mean and std (float32 tensors times 1 / rescale_factor, the
+    # scalar taken as float32), then normalises the float32 pixels: (x - mean) / std.
+    scale = np.float32(1 / RESCALE_FACTOR)
+    levels = np.arange(256, dtype=np.float32)
+    mean255 = np.asarray(mean, np.float32) * scale
+    std255 = np.asarray(std, np.float32) * scale
+    return (levels[None, :] - mean255[:, None]) / std255[:, None]
+
+
+_BLEND_ON_WHITE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "pil": _blend_on_white_pil_backend,
+    "torchvision": _blend_on_white_torchvision_backend,
+}
+_RESIZE: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+    "pil": _resize_pil,
+    "torchvision": _resize_torchvision,
+}
+_NORMALIZATION_TABLE: dict[str, Callable[[Sequence[float], Sequence[float]], np.ndarray]] = {
+    "pil": _normalization_table_pil,
+    "torchvision": _normalization_table_torchvision,
+}
+
+
+def _check_settings(
+    patch_size: int,
+    merge_size: int,
+    temporal_patch_size: int,
+    min_pixels: int,
+    max_pixels: int,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> None:
+    sizes = {
+        "patch_size": patch_size,
+        "merge_size": merge_size,
+        "temporal_patch_size": temporal_patch_size,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+    }
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        if len(values) != 3:
+            raise ValueError(f"{name} must have 3 values (R, G, B), got {values!r}")
+    if any(s == 0 for s in image_std):
+        raise ValueError(f"image_std must be non-zero, got {image_std!r}")
+
+
+def qwen_preprocess(
+    image: np.ndarray | Image.Image,
+    patch_size: int = QWEN2_VL.patch_size,
+    merge_size: int = QWEN2_VL.merge_size,
+    temporal_patch_size: int = QWEN2_VL.temporal_patch_size,
+    min_pixels: int = QWEN2_VL.min_pixels,
+    max_pixels: int = QWEN2_VL.max_pixels,
+    image_mean: Sequence[float] = QWEN2_VL.image_mean,
+    image_std: Sequence[float] = QWEN2_VL.image_std,
+    *,
+    backend: Backend = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image -> (pixel_values float32 [t*h*w, 3*T*P*P], grid_thw int64 [3]), as transformers computes them.
+
+    ``image`` is a uint8 array (channels last) or a PIL image; see `to_rgb`. Steps: RGB conversion;
+    `smart_resize` to multiples of ``factor = patch_size * merge_size``; bicubic resize (kernel per
+    ``backend``, see the module docstring); ``(x / 255 - mean) / std``; patchify. A still image has ``t = 1``
+    and is repeated ``temporal_patch_size`` times inside each row. Rows are in HF's merge-block-major order:
+    ``merge x merge`` blocks row-major over the image, the patches of a block row-major, and each row flattens
+    [channel, temporal, patch row, patch column]. The defaults are Qwen2.5-VL's (`QWEN2_VL`); use
+    ``QWEN3_VL.preprocess(image)`` for Qwen3-VL.
+
+    Raises ValueError for a non-uint8 or wrongly shaped array, an empty image, an aspect ratio over 200 (as
+    transformers does, with its message) and invalid settings.
+    """
+    _check_settings(patch_size, merge_size, temporal_patch_size, min_pixels, max_pixels, image_mean, image_std)
+    backend = resolve_backend(backend)
+    rgb = to_rgb(image, backend)
+    height, width = smart_resize(rgb.shape[0], rgb.shape[1], patch_size * merge_size, min_pixels, max_pixels)
+    resized = _RESIZE[backend](rgb, height, width)
+    table = _NORMALIZATION_TABLE[backend](image_mean, image_std)
+
+    normalized = np.empty(resized.shape, np.float32)
+    for channel in range(3):
+        normalized[..., channel] = table[channel][resized[..., channel]]
+
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = normalized.reshape(
+        grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size, 3
+    )
+    patches = patches.transpose(0, 3, 1, 4, 6, 2, 5)  # [h/m, w/m, m, m, C, P, P]
+    # The temporal copies are a broadcast; the final reshape writes each value temporal_patch_size times.
+    patches = np.broadcast_to(
+        patches[:, :, :, :, :, None], (*patches.shape[:5], temporal_patch_size, *patches.shape[5:])
+    )
+    pixel_values = patches.reshape(grid_h * grid_w, 3 * temporal_patch_size * patch_size**2)
+    return pixel_values, np.array([1, grid_h, grid_w], dtype=np.int64)
