@@ -3,14 +3,19 @@
 Why processes and not threads: mathruler and math_verify hand answers to sympy, and some short answers
 (``9**9**9`` passes both mathruler's and the paper's guards) make it compute for minutes. A Python thread cannot
 be interrupted while it is inside such a call, and ``signal.alarm`` only works on a main thread and only between
-bytecodes; a process can always be killed. Workers are started with ``spawn``: the trainer's process holds JAX
-(and its thread pools), and forking a multi-threaded process is unsafe.
+bytecodes; a process can always be killed. The trainer's process holds JAX (and its thread pools), and forking
+a multi-threaded process is unsafe, so workers come from multiprocessing's ``forkserver``: a single-threaded
+server started by exec, which imports this package (sympy, mathruler, math_verify) once and forks a worker on
+demand, so replacing a killed worker costs milliseconds instead of a second of imports. As with ``spawn``, a
+script that creates a pool needs the ``if __name__ == "__main__":`` guard.
 
 Semantics, per item: the item's clock starts when it is handed to an idle worker. If the worker has not
 answered after ``timeout_s``, it is killed and replaced, and the item scores 0 on every key and counts in
 ``reward/timeouts``. If the reward function raises (or the worker dies), the item scores 0 and counts in
-``reward/errors``; the first error message of the batch is logged. Other items keep running meanwhile, and a
-batch never waits longer than its slowest item's ``timeout_s`` past the moment that item was dispatched.
+``reward/errors``; the first error message of the batch is logged. Other items keep running meanwhile. So
+every item is answered within ``timeout_s`` of its dispatch, and dispatch only waits for a free worker
+(``start_timeout_s`` bounds the wait for a new one). An exception escaping :meth:`RewardPool.score` (a worker
+that cannot start, Ctrl-C) closes the pool, so no stale reply can leak into a later batch.
 """
 
 from __future__ import annotations
@@ -107,7 +112,9 @@ class RewardPool:
             ) from error
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
-        self._context = multiprocessing.get_context("spawn")
+        self._context = multiprocessing.get_context("forkserver")
+        # Process-wide; takes effect when the server first starts (a server already running keeps its own list).
+        self._context.set_forkserver_preload(["staged_vlm_jax.rl.rewards"])
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _stop, self._workers)
         self._workers.extend(self._start_worker() for _ in range(num_workers))
@@ -136,6 +143,15 @@ class RewardPool:
             raise ValueError(f"RewardPool.score got {len(responses)} responses but {len(ground_truths)} ground truths")
         if not self._workers:
             raise RuntimeError("RewardPool.score called after close()")
+        try:
+            return self._score(responses, ground_truths)
+        except BaseException:
+            self.close()
+            raise
+
+    def _score(
+        self, responses: Sequence[str], ground_truths: Sequence[str]
+    ) -> tuple[list[dict[str, float]], dict[str, float]]:
         began = time.monotonic()
         results: list[dict[str, float] | None] = [None] * len(responses)
         pending = collections.deque(range(len(responses)))
@@ -146,7 +162,7 @@ class RewardPool:
             nonlocal first_error
             results[worker.item] = dict.fromkeys(SCORE_KEYS, 0.0)
             failures[kind] += 1
-            first_error = first_error or message
+            first_error = first_error or message[:500]
 
         while pending or any(worker.item is not None for worker in self._workers):
             for worker in list(self._workers):
@@ -168,6 +184,7 @@ class RewardPool:
                     try:
                         message = worker.connection.recv()
                     except (EOFError, OSError):
+                        worker.process.join(timeout=1.0)
                         exit_code = worker.process.exitcode
                         if not worker.ready:
                             raise RuntimeError(
