@@ -1,0 +1,70 @@
+"""A full GRPO step (rollout -> rewards -> advantages -> updates) and the learning test."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from staged_vlm_jax import models
+from staged_vlm_jax.rl.grpo import GRPOConfig, GRPOTrainer, PromptBatch
+from staged_vlm_jax.rl.learner import Learner, LearnerConfig
+from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine
+from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
+
+TARGET = 48  # reward 1 iff the response starts with a token id below this (~10 % of the vocabulary at first)
+
+
+def first_token_reward(responses, ground_truths):
+    scores = [float(int(r.split()[0]) < TARGET) if r else 0.0 for r in responses]
+    return [{"overall": s, "format": 0.0, "accuracy": s} for s in scores], {"reward/timeouts": 0.0}
+
+
+def make_trainer(cfg, learner_cfg, n, max_new_tokens):
+    learner = Learner(models.create(cfg, seed=0), learner_cfg)
+    engine = RolloutEngine(RolloutConfig(prompt_buckets=(16, 64), new_token_buckets=(4, 8)))
+    return GRPOTrainer(
+        learner, engine, first_token_reward, lambda ids: " ".join(map(str, ids)),
+        GRPOConfig(n=n, max_new_tokens=max_new_tokens), eos_token_ids=(cfg.text.eos_token_id,),
+        pad_token_id=cfg.text.pad_token_id,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_grpo_raises_a_trivial_verifiable_reward():
+    cfg = tiny()
+    trainer = make_trainer(cfg, LearnerConfig(learning_rate=3e-3, num_minibatches=2, kl_coef=0.0), n=8,
+                           max_new_tokens=3)  # fmt: skip
+    rng = np.random.default_rng(0)
+    ids, mask = left_pad([rng.integers(0, 400, 4 + i % 3).tolist() for i in range(4)], cfg.text.pad_token_id)
+    prompts = PromptBatch(ids, mask, ground_truths=[""] * 4)
+    rewards = []
+    for step in range(60):
+        rewards.append(trainer.step(prompts, jax.random.key(step))["reward/mean"])
+        if len(rewards) >= 3 and np.mean(rewards[-3:]) > 0.9:
+            break
+    assert rewards[0] < 0.2, rewards
+    assert np.mean(rewards[-3:]) > 0.9, rewards
+    assert trainer.engine.num_compilations == 1
+
+
+def test_step_with_images_reports_the_expected_metrics():
+    cfg = tiny()
+    trainer = make_trainer(cfg, LearnerConfig(num_minibatches=2), n=2, max_new_tokens=4)
+    rng = np.random.default_rng(1)
+    grids = [(1, 4, 4), (1, 8, 4)]
+    ids, mask = left_pad([prompt(rng, cfg, [g], [2, 3]) for g in grids], cfg.text.pad_token_id)
+    pixels = np.concatenate([image_patches(rng, cfg, g) for g in grids])
+    prompts = PromptBatch(ids, mask, ["", ""], pixels, np.array(grids), images_per_row=[1, 1])
+    metrics = trainer.step(prompts, jax.random.key(0))
+    expected = {
+        "reward/mean", "reward/accuracy", "reward/format", "reward/std", "reward/frac_zero_std_groups",
+        "reward/timeouts", "response_length/mean", "response_length/max", "response_length/clip_ratio", "loss",
+        "pg_loss", "kl_loss", "kl", "entropy", "pg_clipfrac_higher", "pg_clipfrac_lower", "ppo_kl", "grad_norm", "lr",
+        "skipped_updates", "time/rollout_s", "time/reward_s", "time/train_s", "tokens/s",
+    }  # fmt: skip
+    assert expected <= set(metrics), expected - set(metrics)
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert metrics["skipped_updates"] == 0
+    with pytest.raises(ValueError, match="images_per_row is required"):
+        trainer.step(PromptBatch(ids, mask, ["", ""], pixels, np.array(grids)), jax.random.key(1))
