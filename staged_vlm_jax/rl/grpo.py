@@ -26,7 +26,14 @@ ScoreFn = Callable[[Sequence[str], Sequence[str]], tuple[list[dict[str, float]],
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """Rollout and advantage settings of a GRPO stage (the paper: n=5, temperature 1, grpo advantages)."""
+    """Rollout, reward-shaping and sampling settings of a GRPO stage (the paper: n=5, temperature 1, grpo
+    advantages, no length penalty, no dynamic sampling).
+
+    ``overlong_buffer`` > 0 turns on DAPO's soft overlong penalty (in tokens, see `overlong_penalty`).
+    ``dynamic_sampling`` drops groups whose rewards are all equal (no learning signal) and refills from the
+    prompt stream, at most ``max_sampling_batches`` rollout batches per step; if still short, the step is filled
+    with dropped groups (zero advantage) and the shortfall is reported.
+    """
 
     n: int = 5
     max_new_tokens: int = 2048
@@ -34,6 +41,17 @@ class GRPOConfig:
     top_p: float = 1.0
     top_k: int = 0
     advantage: str = "grpo"
+    overlong_buffer: int = 0
+    overlong_penalty_factor: float = 1.0
+    dynamic_sampling: bool = False
+    max_sampling_batches: int = 4
+
+
+def overlong_penalty(lengths: np.ndarray, max_length: int, buffer: int, factor: float = 1.0) -> np.ndarray:
+    """DAPO's soft overlong punishment, in tokens: 0 up to max_length − buffer, then falling linearly to −factor
+    at max_length: min(0, −(length − (max_length − buffer)) / buffer) · factor."""
+    expected = max_length - buffer
+    return np.minimum(0.0, -(np.asarray(lengths, np.float32) - expected) / buffer) * factor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +68,57 @@ class PromptBatch:
     pixel_values: np.ndarray | None = None
     image_grid_thw: np.ndarray | None = None
     images_per_row: Sequence[int] | None = None
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """Host-side results of sampling and scoring, one row per response (groups of n contiguous rows)."""
+
+    prompt_ids: np.ndarray  # [R, P] left-padded
+    prompt_mask: np.ndarray
+    tokens: np.ndarray  # [R, L]
+    response_mask: np.ndarray
+    lengths: np.ndarray  # [R]
+    scores: dict[str, np.ndarray]  # per key [R]; "overall" includes any length penalty
+    pixel_values: np.ndarray | None = None  # per row [R, N, ·]
+    image_grid_thw: np.ndarray | None = None  # per row [R, I, 3]
+
+    def take(self, rows: np.ndarray) -> Rollouts:
+        pick = lambda x: None if x is None else x[rows]
+        return Rollouts(
+            self.prompt_ids[rows], self.prompt_mask[rows], self.tokens[rows], self.response_mask[rows],
+            self.lengths[rows], {k: v[rows] for k, v in self.scores.items()}, pick(self.pixel_values),
+            pick(self.image_grid_thw),
+        )  # fmt: skip
+
+
+def group_rows(selected: np.ndarray, n: int) -> np.ndarray:
+    """Row indices of the selected groups (groups of n contiguous rows)."""
+    return (np.flatnonzero(selected)[:, None] * n + np.arange(n)).reshape(-1)
+
+
+def _pad_to(x: np.ndarray, axis: int, size: int, left: bool = False, value=0) -> np.ndarray:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (size - x.shape[axis], 0) if left else (0, size - x.shape[axis])
+    return np.pad(x, pad, constant_values=value)
+
+
+def concatenate(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
+    """Rows of several rollout batches in one, prompts left-padded and per-row images padded to common sizes."""
+    width = max(p.prompt_ids.shape[1] for p in parts)
+    joined = lambda get, axis=1, **kw: np.concatenate([_pad_to(get(p), axis, max(get(q).shape[axis] for q in parts),
+                                                                **kw) for p in parts])  # fmt: skip
+    images = parts[0].pixel_values is not None
+    return Rollouts(
+        prompt_ids=np.concatenate([_pad_to(p.prompt_ids, 1, width, left=True, value=pad_token_id) for p in parts]),
+        prompt_mask=np.concatenate([_pad_to(p.prompt_mask, 1, width, left=True) for p in parts]),
+        tokens=np.concatenate([p.tokens for p in parts]),
+        response_mask=np.concatenate([p.response_mask for p in parts]),
+        lengths=np.concatenate([p.lengths for p in parts]),
+        scores={k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
+        pixel_values=joined(lambda p: p.pixel_values) if images else None,
+        image_grid_thw=joined(lambda p: p.image_grid_thw) if images else None,
+    )
 
 
 class GRPOTrainer:
@@ -69,7 +138,51 @@ class GRPOTrainer:
         self.learner, self.engine, self.score, self.decode, self.config = learner, engine, score, decode, config
         self.eos_token_ids, self.pad_token_id = tuple(eos_token_ids), pad_token_id
 
-    def step(self, prompts: PromptBatch, rng: jax.Array) -> dict[str, float]:
+    def step(
+        self, prompts: PromptBatch, rng: jax.Array, refill: Callable[[], PromptBatch] | None = None
+    ) -> dict[str, float]:
+        """One GRPO step on ``prompts``; with dynamic sampling, ``refill`` supplies further prompt batches."""
+        cfg = self.config
+        start = time.perf_counter()
+        groups_wanted = prompts.input_ids.shape[0]
+        kept, dropped, reward_stats, timing = [], [], {}, {"rollout_s": 0.0, "reward_s": 0.0}
+        sampled = []
+        for attempt in range(cfg.max_sampling_batches if cfg.dynamic_sampling else 1):
+            if attempt:
+                if refill is None:
+                    break
+                prompts = refill()
+            rollouts = self._sample(prompts, jax.random.fold_in(rng, attempt), reward_stats, timing)
+            sampled.append(rollouts)
+            informative = rollouts.scores["overall"].reshape(-1, cfg.n).std(axis=1) > 0
+            if cfg.dynamic_sampling:
+                kept.append(rollouts.take(group_rows(informative, cfg.n)))
+                dropped.append(rollouts.take(group_rows(~informative, cfg.n)))
+            else:
+                kept.append(rollouts)
+            if sum(len(k.lengths) for k in kept) >= groups_wanted * cfg.n:
+                break
+        batch = concatenate(kept + dropped, self.pad_token_id).take(np.arange(groups_wanted * cfg.n))
+        train_start = time.perf_counter()
+        train_metrics = jax.device_get(self.learner.train_step(self._train_batch(batch)))
+        train_s = time.perf_counter() - train_start
+
+        every = concatenate(sampled, self.pad_token_id)
+        metrics = self._rollout_metrics(every)
+        metrics.update({k: float(v) for k, v in reward_stats.items()})
+        if cfg.dynamic_sampling:
+            kept_groups = sum(len(k.lengths) for k in kept) // cfg.n
+            metrics["dynamic_sampling/batches"] = float(len(sampled))
+            metrics["dynamic_sampling/shortfall_groups"] = float(max(0, groups_wanted - kept_groups))
+        metrics.update({k: float(v) for k, v in train_metrics.items()})
+        metrics["kl"] = metrics.pop("kl_token_mean")
+        metrics["time/rollout_s"], metrics["time/reward_s"] = timing["rollout_s"], timing["reward_s"]
+        metrics["time/train_s"] = train_s
+        metrics["tokens/s"] = float(every.lengths.sum()) / max(time.perf_counter() - start, 1e-9)
+        return metrics
+
+    def _sample(self, prompts: PromptBatch, rng: jax.Array, reward_stats: dict, timing: dict) -> Rollouts:
+        """Rollout and scoring of one prompt batch (accumulating reward stats and timings)."""
         cfg = self.config
         start = time.perf_counter()
         ids, mask = self._pad_prompts(prompts.input_ids, prompts.attention_mask)
@@ -80,57 +193,62 @@ class GRPOTrainer:
             pad_token_id=self.pad_token_id, rng=rng,
         )  # fmt: skip
         tokens, response_mask, lengths = (np.asarray(x) for x in (out.tokens, out.mask, out.lengths))
-        rollout_s = time.perf_counter() - start
+        timing["rollout_s"] += time.perf_counter() - start
 
+        start = time.perf_counter()
         responses = [self.decode(row[: int(length)].tolist()) for row, length in zip(tokens, lengths, strict=True)]
         ground_truths = [gt for gt in prompts.ground_truths for _ in range(cfg.n)]
-        scores, reward_stats = self.score(responses, ground_truths)
-        overall = np.asarray([s["overall"] for s in scores], np.float32)
-        advantage = np.asarray(advantages.compute(cfg.advantage, overall, cfg.n))
-        reward_s = time.perf_counter() - start - rollout_s
-
-        batch = TrainBatch(
-            input_ids=np.concatenate([np.repeat(ids, cfg.n, 0), tokens], axis=1),
-            attention_mask=np.concatenate([np.repeat(mask, cfg.n, 0), response_mask], axis=1),
-            response_mask=response_mask,
-            advantages=advantage,
+        scores, stats = self.score(responses, ground_truths)
+        for key, value in stats.items():
+            reward_stats[key] = reward_stats.get(key, 0.0) + value
+        scores = {key: np.asarray([s[key] for s in scores], np.float32) for key in scores[0]}
+        if cfg.overlong_buffer:
+            scores["overlong_penalty"] = overlong_penalty(
+                lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty_factor
+            )
+            scores["overall"] = scores["overall"] + scores["overlong_penalty"]
+        timing["reward_s"] += time.perf_counter() - start
+        images = self._per_row_images(prompts) if prompts.pixel_values is not None else {}
+        return Rollouts(
+            np.repeat(ids, cfg.n, 0), np.repeat(mask, cfg.n, 0), tokens, response_mask, lengths, scores, **images
         )
-        if prompts.pixel_values is not None:
-            batch = batch.replace(**self._per_row_images(prompts))
-        train_metrics = jax.device_get(self.learner.train_step(batch))
-        train_s = time.perf_counter() - start - rollout_s - reward_s
 
-        finished = np.any(np.isin(tokens, self.eos_token_ids) & (response_mask > 0), axis=1)
-        metrics = {f"reward/{key}": float(np.mean([s[key] for s in scores])) for key in scores[0]}
+    def _train_batch(self, rollouts: Rollouts) -> TrainBatch:
+        return TrainBatch(
+            input_ids=np.concatenate([rollouts.prompt_ids, rollouts.tokens], axis=1),
+            attention_mask=np.concatenate([rollouts.prompt_mask, rollouts.response_mask], axis=1),
+            response_mask=rollouts.response_mask,
+            advantages=np.asarray(advantages.compute(self.config.advantage, rollouts.scores["overall"], self.config.n)),
+            pixel_values=rollouts.pixel_values,
+            image_grid_thw=rollouts.image_grid_thw,
+        )
+
+    def _rollout_metrics(self, rollouts: Rollouts) -> dict[str, float]:
+        overall = rollouts.scores["overall"]
+        metrics = {f"reward/{key}": float(value.mean()) for key, value in rollouts.scores.items()}
         metrics["reward/mean"] = metrics.pop("reward/overall")
         metrics["reward/std"] = float(overall.std())
-        # Groups whose rewards are all equal carry no learning signal (DAPO's dynamic sampling drops them).
-        metrics["reward/frac_zero_std_groups"] = float(np.mean(overall.reshape(-1, cfg.n).std(axis=1) == 0))
-        metrics.update({k: float(v) for k, v in reward_stats.items()})
-        metrics["response_length/mean"] = float(lengths.mean())
-        metrics["response_length/max"] = float(lengths.max())
+        # Groups whose rewards are all equal carry no learning signal (what dynamic sampling drops).
+        metrics["reward/frac_zero_std_groups"] = float(np.mean(overall.reshape(-1, self.config.n).std(axis=1) == 0))
+        finished = np.any(np.isin(rollouts.tokens, self.eos_token_ids) & (rollouts.response_mask > 0), axis=1)
+        metrics["response_length/mean"] = float(rollouts.lengths.mean())
+        metrics["response_length/max"] = float(rollouts.lengths.max())
         metrics["response_length/clip_ratio"] = float(np.mean(~finished))
-        metrics.update({k: float(v) for k, v in train_metrics.items()})
-        metrics["kl"] = metrics.pop("kl_token_mean")
-        metrics["time/rollout_s"], metrics["time/reward_s"], metrics["time/train_s"] = rollout_s, reward_s, train_s
-        metrics["tokens/s"] = float(lengths.sum()) / max(time.perf_counter() - start, 1e-9)
         return metrics
 
     def _pad_prompts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Left-pads prompts to the engine's prompt bucket, so the train step's shape is the same every step."""
-        batch, length = input_ids.shape
-        width = bucket(length, self.engine.config.prompt_buckets)
-        ids = np.full((batch, width), self.pad_token_id, np.int32)
-        mask = np.zeros((batch, width), np.int32)
-        ids[:, width - length :], mask[:, width - length :] = input_ids, attention_mask
-        return ids, mask
+        width = bucket(input_ids.shape[1], self.engine.config.prompt_buckets)
+        return (
+            _pad_to(np.asarray(input_ids, np.int32), 1, width, left=True, value=self.pad_token_id),
+            _pad_to(np.asarray(attention_mask, np.int32), 1, width, left=True),
+        )
 
     def _per_row_images(self, prompts: PromptBatch) -> dict[str, np.ndarray]:
         """Packed prompt images -> per-row layout for the learner, each prompt's images repeated for its n rows."""
         if prompts.images_per_row is None:
             raise ValueError("PromptBatch.images_per_row is required when the batch has images")
         pixels, grids = per_row_images(prompts.pixel_values, prompts.image_grid_thw, list(prompts.images_per_row))
-        patches = bucket(pixels.shape[1], self.engine.config.patch_buckets)
-        pixels = np.pad(pixels, [(0, 0), (0, patches - pixels.shape[1]), (0, 0)])
+        pixels = _pad_to(pixels, 1, bucket(pixels.shape[1], self.engine.config.patch_buckets))
         n = self.config.n
         return {"pixel_values": np.repeat(pixels, n, 0), "image_grid_thw": np.repeat(grids, n, 0)}

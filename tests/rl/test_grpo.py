@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from staged_vlm_jax import models
-from staged_vlm_jax.rl.grpo import GRPOConfig, GRPOTrainer, PromptBatch
+from staged_vlm_jax.rl.grpo import GRPOConfig, GRPOTrainer, PromptBatch, overlong_penalty
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig
 from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine
 from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
@@ -68,3 +68,39 @@ def test_step_with_images_reports_the_expected_metrics():
     assert metrics["skipped_updates"] == 0
     with pytest.raises(ValueError, match="images_per_row is required"):
         trainer.step(PromptBatch(ids, mask, ["", ""], pixels, np.array(grids)), jax.random.key(1))
+
+
+def test_overlong_penalty_in_tokens():
+    np.testing.assert_allclose(overlong_penalty(np.array([10, 12, 14, 16]), 16, 4), [0.0, 0.0, -0.5, -1.0])
+    np.testing.assert_allclose(overlong_penalty(np.array([15]), 16, 4, factor=0.5), [-0.375])
+
+
+def parity_reward(responses, ground_truths):
+    """Prompts marked "good" reward an even first token; "bad" prompts always score 0 (zero-std groups)."""
+    scores = [
+        float(gt == "good" and r != "" and int(r.split()[0]) % 2 == 0)
+        for r, gt in zip(responses, ground_truths, strict=True)
+    ]
+    return [{"overall": s, "format": 0.0, "accuracy": s} for s in scores], {"reward/timeouts": 0.0}
+
+
+def test_dynamic_sampling_trains_on_informative_groups_only():
+    cfg = tiny()
+    n = 4
+    trainer = make_trainer(cfg, LearnerConfig(num_minibatches=1), n=n, max_new_tokens=4)
+    trainer.score = parity_reward
+    trainer.config = GRPOConfig(n=n, max_new_tokens=4, dynamic_sampling=True, max_sampling_batches=4,
+                                overlong_buffer=2)  # fmt: skip
+    rng = np.random.default_rng(2)
+    ids, mask = left_pad([rng.integers(0, 400, 5).tolist() for _ in range(4)], cfg.text.pad_token_id)
+    prompts = PromptBatch(ids, mask, ground_truths=["good", "bad", "good", "bad"])
+    seen = []
+    train_step = trainer.learner.train_step
+    trainer.learner.train_step = lambda batch: seen.append(batch) or train_step(batch)
+    metrics = trainer.step(prompts, jax.random.key(0), refill=lambda: prompts)
+    (batch,) = seen
+    assert batch.input_ids.shape[0] == 4 * n
+    informative = np.asarray(batch.advantages).reshape(-1, n).std(axis=1) > 0
+    assert metrics["dynamic_sampling/batches"] >= 2  # half of every batch is "bad": at least one refill
+    assert (~informative).sum() == metrics["dynamic_sampling/shortfall_groups"]
+    assert "reward/overlong_penalty" in metrics and metrics["reward/overlong_penalty"] <= 0
