@@ -141,8 +141,9 @@ class Learner:
         self.tx = make_optimizer(config)
         self.learning_rate = learning_rate_schedule(config)
         scalar = jnp.zeros((), jnp.int32)
-        opt_state = self.tx.init(params)
-        if mesh is not None:
+        if mesh is None:
+            opt_state = self.tx.init(params)
+        else:
             params, frozen = (jax.device_put(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
             replicated = NamedSharding(mesh, PartitionSpec())
             scalar = jax.device_put(scalar, replicated)
