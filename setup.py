@@ -21,8 +21,10 @@ setup(
         "ml-collections>=1.1,<2",
         "transformers>=5.0,<6",
         "safetensors>=0.6,<1",
+        "tokenizers>=0.22,<1",
         "numpy>=2.0,<3",
         "pillow>=10,<14",
+        "pyarrow>=20,<27",  # parquet data sets (EasyR1 / HF schema)
         # Rewards: mathruler declares none of its own dependencies (sympy, pylatexenc, tqdm).
         "mathruler>=0.1.0,<0.2",
         "math-verify>=0.9.0,<0.10",
