@@ -58,7 +58,7 @@ class TrainBatch:
 
     input_ids / attention_mask [R, P + L]; response_mask [R, L] (1 on response tokens, EOS included);
     advantages [R] or [R, L]; optional per-row images (pixel_values [R, N, ·], image_grid_thw [R, I, 3]);
-    optional old_log_probs [R, L] (recomputed with the current weights when None, as EasyR1 does).
+    optional old_log_probs [R, L] (the current weights' log-probs when None, as EasyR1 recomputes them).
     """
 
     input_ids: jax.Array
@@ -212,8 +212,19 @@ class Learner:
         rows = batch.input_ids.shape[0]
         per_minibatch = rows // cfg.num_minibatches
         micro = cfg.micro_batch_size or per_minibatch
-        if batch.old_log_probs is None:
-            batch = batch.replace(old_log_probs=self._log_probs(state.params, state.frozen, batch, micro))
+        # The first mini-batch is updated with the very weights that define "old", so its old log-probs are its own
+        # log-probs (stop-gradient) inside the loss; only the later mini-batches need a separate pass. Same
+        # objective as EasyR1's up-front recompute, one forward pass over R / num_minibatches rows cheaper.
+        first_is_current = batch.old_log_probs is None
+        if first_is_current:
+            later = jax.tree.map(lambda x: x[per_minibatch:], batch)
+            old_later = (
+                self._log_probs(state.params, state.frozen, later, micro)
+                if cfg.num_minibatches > 1
+                else jnp.zeros((0, batch.response_mask.shape[1]), jnp.float32)
+            )
+            old = jnp.concatenate([jnp.zeros((per_minibatch, old_later.shape[1]), jnp.float32), old_later])
+            batch = batch.replace(old_log_probs=old)
         ref_log_probs = (
             self._log_probs(state.ref_params, state.frozen, batch, micro)
             if cfg.kl_coef
@@ -223,13 +234,14 @@ class Learner:
         minibatches = jax.tree.map(lambda x: x.reshape(x.shape[0], per_minibatch // micro, micro, *x.shape[2:]),
                                    minibatches)  # fmt: skip
 
-        def micro_step(params, frozen, units, chunk):
+        def micro_step(params, frozen, units, own_old, chunk):
             mb, ref = chunk
 
             def loss_fn(p):
                 log_probs, entropy = response_log_probs(nnx.merge(self.graphdef, p, frozen), mb, cfg.temperature)
+                old = jnp.where(own_old, jax.lax.stop_gradient(log_probs), mb.old_log_probs)
                 pg_loss, pg_metrics = losses.policy_loss(
-                    log_probs, mb.old_log_probs, mb.advantages, mb.response_mask, cfg.clip_low, cfg.clip_high,
+                    log_probs, old, mb.advantages, mb.response_mask, cfg.clip_low, cfg.clip_high,
                     cfg.clip_dual, cfg.loss_type, cfg.loss_agg, units,
                 )  # fmt: skip
                 kl = losses.aggregate(losses.kl_penalty(log_probs, ref, cfg.kl_kind), mb.response_mask, cfg.loss_agg,
@@ -243,12 +255,14 @@ class Learner:
 
             return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-        def minibatch_step(carry, minibatch):
+        def minibatch_step(carry, indexed):
             params, opt_state, skipped = carry
+            index, minibatch = indexed
             units = losses.aggregation_units(minibatch[0].response_mask.reshape(per_minibatch, -1), cfg.loss_agg)
+            own_old = first_is_current & (index == 0)
 
             def accumulate(acc, chunk):
-                (loss, (pg, kl, sums, tokens)), grads = micro_step(params, state.frozen, units, chunk)
+                (loss, (pg, kl, sums, tokens)), grads = micro_step(params, state.frozen, units, own_old, chunk)
                 grads_acc, totals = acc
                 grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
                 totals = jax.tree.map(jnp.add, totals, {"loss": loss, "pg_loss": pg, "kl_loss": kl, "tokens": tokens,
@@ -273,7 +287,9 @@ class Learner:
             return carry, metrics
 
         (params, opt_state, skipped), metrics = jax.lax.scan(
-            minibatch_step, (state.params, state.opt_state, state.skipped_updates), minibatches
+            minibatch_step,
+            (state.params, state.opt_state, state.skipped_updates),
+            (jnp.arange(cfg.num_minibatches), minibatches),
         )
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["skipped_updates"] = skipped - state.skipped_updates
