@@ -24,6 +24,7 @@ setup(
         "tokenizers>=0.22,<1",
         "numpy>=2.0,<3",
         "pillow>=10,<14",
+        "array-record>=0.8.6,<0.9",
         "pyarrow>=20,<27",  # parquet data sets (EasyR1 / HF schema)
         # Rewards: mathruler declares none of its own dependencies (sympy, pylatexenc, tqdm).
         "mathruler>=0.1.0,<0.2",

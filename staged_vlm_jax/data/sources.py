@@ -113,7 +113,7 @@ def read_rows(
         raise ValueError(f"on_error must be one of {sorted(ON_ERROR_POLICIES)}, got {on_error!r}")
     if capability not in CAPABILITIES:
         raise ValueError(f"capability must be one of {CAPABILITIES}, got {capability!r}")
-    row_format = ROW_FORMATS.get(path.suffix.lower())
+    row_format = ROW_FORMATS.get("" if path.is_dir() else path.suffix.lower())  # "": a converted directory
     if row_format is None:
         raise DataError(
             path,

@@ -1,0 +1,360 @@
+"""Grain pipelines that turn data files into the `PromptBatch` of each RL step, resumable exactly.
+
+A GRPO run may be stopped and resumed any number of times, and a stage's result must not depend on where: the
+resumed run has to draw exactly the prompts the uninterrupted one would have. Grain gives that for free when the
+pipeline is built from its datasets, because every stage is a deterministic function of the element index and
+the iterator state is a handful of integers. So every step here is a Grain stage:
+
+    per source: rows (read once, images left lazy) -> this host's shard -> shuffle(seed, reseeded per epoch)
+                -> repeat(num_epochs)
+    sources combined: concatenated (no weights: every row once per epoch) or mixed by weight (`MapDataset.mix`)
+    -> map: decode images, Qwen preprocessing, prompt token ids (threads or worker processes)
+    -> drop bad rows (``on_error="skip"``) and over-long prompts, counting both (EasyR1's filter_overlong_prompts)
+    -> batch(batch_size, drop_remainder) into a `PromptBatch`, left-padded to the smallest prompt bucket
+
+Sharding is a strided slice of each source before shuffling, so the hosts of a multi-host run see disjoint rows
+whose union is the data set, each host reshuffling only its own slice. Shapes are bucketed (DESIGN Principle 4)
+and every bucket is known in advance: ``max(prompt_buckets)`` must cover ``max_prompt_length``.
+
+`PromptIterator.get_state` is a JSON-serialisable dict (Grain's iterator state plus the drop counters), so
+Orbax or a JSON file can store it beside the model; `PromptIterator.set_state` on a freshly built pipeline of
+the same config continues with exactly the batches the saved one would have produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from transformers import PreTrainedTokenizerFast
+
+from staged_vlm_jax.data.images import QWEN2_VL, QwenImageSettings
+from staged_vlm_jax.data.prompts import PromptFilter, build_prompt
+from staged_vlm_jax.data.schema import ON_ERROR_POLICIES, DataError, ErrorPolicy, Example, RowLocation, SkipCounter
+from staged_vlm_jax.data.sources import read_rows
+from staged_vlm_jax.rl.grpo import PromptBatch
+from staged_vlm_jax.rl.rollout import bucket
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """One data file of a capability; image paths in it are relative to ``image_root`` (default: its folder)."""
+
+    path: str | Path
+    capability: str
+    image_root: str | Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """What a prompt pipeline reads and how it orders, shards, filters and batches it (validated on construction).
+
+    ``weights`` None concatenates the sources (each row once per epoch); otherwise the sources are mixed in these
+    proportions and the mixture ends when the first source runs out of its ``num_epochs`` epochs (Grain's
+    ``MapDataset.mix``). ``num_epochs`` None repeats forever. ``shard_index`` / ``shard_count`` default to this
+    JAX process and the process count. ``worker_count`` > 0 runs the map in that many processes (Grain's
+    ``mp_prefetch``; needs absl flags parsed), ``worker_threads`` > 0 in threads of this process. Images are
+    decoded in the map; ``verify_images`` also decodes each one once when the files are read, so a missing image
+    fails (or is skipped) at start-up rather than when its row is first drawn.
+    """
+
+    sources: tuple[DataSource, ...]
+    batch_size: int
+    prompt_buckets: tuple[int, ...]
+    max_prompt_length: int
+    seed: int = 0
+    weights: tuple[float, ...] | None = None
+    num_epochs: int | None = 1
+    shard_index: int = dataclasses.field(default_factory=jax.process_index)
+    shard_count: int = dataclasses.field(default_factory=jax.process_count)
+    worker_count: int = 0
+    worker_threads: int = 0
+    image_settings: QwenImageSettings = QWEN2_VL
+    on_error: ErrorPolicy = "raise"
+    verify_images: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("sources: at least one data source is needed")
+        if self.weights is not None:
+            if len(self.weights) != len(self.sources):
+                raise ValueError(
+                    f"weights has {len(self.weights)} entries but sources has {len(self.sources)}; give one weight "
+                    "per source, or none to concatenate them"
+                )
+            if not all(math.isfinite(weight) and weight > 0 for weight in self.weights):
+                raise ValueError(f"weights must be finite and positive, got {list(self.weights)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be positive, got {self.max_prompt_length}")
+        buckets = list(self.prompt_buckets)
+        if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
+            raise ValueError(f"prompt_buckets must be positive and strictly increasing, got {buckets}")
+        if buckets[-1] < self.max_prompt_length:
+            raise ValueError(
+                f"prompt_buckets {buckets} must reach max_prompt_length {self.max_prompt_length}: a longest kept "
+                "prompt would otherwise get a shape outside the buckets"
+            )
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"num_epochs must be positive or None (repeat forever), got {self.num_epochs}")
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard_index must be in [0, shard_count={self.shard_count}), got {self.shard_index}")
+        if self.worker_count < 0 or self.worker_threads < 0:
+            raise ValueError(
+                f"worker_count and worker_threads must be non-negative, got {self.worker_count}, {self.worker_threads}"
+            )
+        if self.on_error not in ON_ERROR_POLICIES:
+            raise ValueError(f"on_error must be one of {sorted(ON_ERROR_POLICIES)}, got {self.on_error!r}")
+
+
+class ExampleSource:
+    """A data file's rows as a Grain random-access source (``len`` and ``[index]``) of `Example`s.
+
+    The file is read once; Examples hold lazy image references, so the whole set fits in memory cheaply and
+    pickles to worker processes.
+    """
+
+    def __init__(self, examples: Sequence[Example], name: str) -> None:
+        self._examples = tuple(examples)
+        self.name = name
+
+    @classmethod
+    def read(
+        cls, source: DataSource, *, on_error: ErrorPolicy, skipped: SkipCounter, verify_images: bool
+    ) -> ExampleSource:
+        rows = read_rows(
+            source.path,
+            capability=source.capability,
+            image_root=source.image_root,
+            on_error=on_error,
+            skipped=skipped,
+            verify_images=verify_images,
+        )
+        return cls(list(rows), str(source.path))
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self._examples[index]
+
+    def __repr__(self) -> str:  # Grain shows it in pipeline summaries and errors
+        return f"ExampleSource({self.name!r}, {len(self)} rows)"
+
+
+def _source_seed(seed: int, index: int) -> int:
+    """A shuffle seed per source, so equally long sources are not permuted alike."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def example_dataset(config: PipelineConfig, sources: Sequence[ExampleSource]) -> grain.MapDataset:
+    """This host's Examples in training order: sharded, shuffled per epoch, repeated, concatenated or mixed.
+
+    Raises ValueError naming ``batch_size`` if this host's shard of an epoch cannot fill one batch.
+    """
+    shards = [grain.MapDataset.source(source)[config.shard_index :: config.shard_count] for source in sources]
+    shard_rows = sum(len(shard) for shard in shards)
+    if config.weights is None:
+        rows = grain.MapDataset.concatenate(shards) if len(shards) > 1 else shards[0]
+        dataset = rows.shuffle(config.seed).repeat(config.num_epochs)
+    else:
+        repeated = [
+            shard.shuffle(_source_seed(config.seed, index)).repeat(config.num_epochs)
+            for index, shard in enumerate(shards)
+        ]
+        dataset = grain.MapDataset.mix(repeated, list(config.weights))
+    if min(shard_rows, len(dataset)) < config.batch_size:
+        sizes = ", ".join(f"{source.name}: {len(shard)} rows" for source, shard in zip(sources, shards, strict=True))
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than shard {config.shard_index} of {config.shard_count} "
+            f"of the data ({sizes}; {min(shard_rows, len(dataset))} rows to draw); lower batch_size or add data"
+        )
+    return dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One row ready to batch: prompt token ids, its images in HF's packed layout, and the ground truth."""
+
+    id: str
+    input_ids: np.ndarray  # int32 [L]
+    answer: str
+    pixel_values: np.ndarray | None  # float32 [N, D], None without images
+    image_grid_thw: np.ndarray  # int64 [I, 3], I may be 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRow:
+    """A row whose images could not be used under ``on_error="skip"``; `DataError` made picklable for workers."""
+
+    where: RowLocation | str
+    field: str
+    message: str
+    reason: str
+
+    def error(self) -> DataError:
+        return DataError(self.where, self.field, self.message, reason=self.reason)
+
+
+class PromptBuilder:
+    """The map stage: an `Example` -> `Prompt` (images loaded and preprocessed, token ids built).
+
+    Under ``on_error="skip"`` a row whose image is missing, undecodable or rejected by the preprocessor becomes a
+    `SkippedRow` for the main process to count; under ``"raise"`` the `DataError` propagates.
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerFast, image_settings: QwenImageSettings, on_error: ErrorPolicy
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_settings = image_settings
+        self.on_error = on_error
+
+    def __call__(self, example: Example) -> Prompt | SkippedRow:
+        try:
+            images = [self._preprocess(image.load(), example, index) for index, image in enumerate(example.images)]
+        except DataError as error:
+            if self.on_error == "raise":
+                raise
+            prefix = f"{error.where}: {error.field}: "
+            return SkippedRow(error.where, error.field, str(error).removeprefix(prefix), error.reason)
+        grids = np.array([grid for _, grid in images], dtype=np.int64).reshape(-1, 3)
+        ids = build_prompt(
+            self.tokenizer, example.problem, grids, merge_size=self.image_settings.merge_size, problem_id=example.id
+        )
+        pixel_values = np.concatenate([pixels for pixels, _ in images]) if images else None
+        return Prompt(example.id, np.asarray(ids, np.int32), example.answer, pixel_values, grids)
+
+    def _preprocess(self, image: np.ndarray, example: Example, index: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self.image_settings.preprocess(image)
+        except ValueError as error:
+            where = example.location if example.location is not None else f"example {example.id!r}"
+            raise DataError(where, f"images[{index}]", str(error), reason="unprocessable_image") from error
+
+
+class PromptAdmission:
+    """The filter stage, run in the main process so its counts are exact at every iterator state.
+
+    Drops `SkippedRow`s (counted in ``load_errors`` by reason) and prompts over ``max_prompt_length`` tokens
+    (counted in ``overlong``, EasyR1's filter_overlong_prompts rule on the image-expanded ids).
+    """
+
+    def __init__(self, max_prompt_length: int) -> None:
+        self.overlong = PromptFilter(max_prompt_length)
+        self.load_errors = SkipCounter()
+
+    def __call__(self, item: Prompt | SkippedRow) -> bool:
+        self.load_errors.rows_seen += 1
+        if isinstance(item, SkippedRow):
+            self.load_errors.record(item.error())
+            return False
+        return self.overlong(item.input_ids)
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "overlong_seen": self.overlong.seen,
+            "overlong_dropped": self.overlong.dropped,
+            "load_rows_seen": self.load_errors.rows_seen,
+            "load_errors": dict(self.load_errors.counts),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.overlong.seen = state["overlong_seen"]
+        self.overlong.dropped = state["overlong_dropped"]
+        self.load_errors = SkipCounter(rows_seen=state["load_rows_seen"])
+        self.load_errors.counts.update(state["load_errors"])
+
+
+class PromptCollator:
+    """The batch stage: `Prompt`s -> one `PromptBatch`, left-padded with the tokenizer's pad id to a bucket."""
+
+    def __init__(self, pad_token_id: int, prompt_buckets: Sequence[int]) -> None:
+        self.pad_token_id = pad_token_id
+        self.prompt_buckets = tuple(prompt_buckets)
+
+    def __call__(self, prompts: Sequence[Prompt]) -> PromptBatch:
+        width = bucket(max(len(prompt.input_ids) for prompt in prompts), self.prompt_buckets)
+        input_ids = np.full((len(prompts), width), self.pad_token_id, np.int32)
+        attention_mask = np.zeros((len(prompts), width), np.int32)
+        for row, prompt in enumerate(prompts):
+            length = len(prompt.input_ids)
+            input_ids[row, width - length :] = prompt.input_ids
+            attention_mask[row, width - length :] = 1
+        answers = [prompt.answer for prompt in prompts]
+        pixels = [prompt.pixel_values for prompt in prompts if prompt.pixel_values is not None]
+        if not pixels:
+            return PromptBatch(input_ids, attention_mask, answers)
+        return PromptBatch(
+            input_ids,
+            attention_mask,
+            answers,
+            pixel_values=np.concatenate(pixels),
+            image_grid_thw=np.concatenate([prompt.image_grid_thw for prompt in prompts]),
+            images_per_row=[len(prompt.image_grid_thw) for prompt in prompts],
+        )
+
+
+class PromptIterator(Iterator[PromptBatch]):
+    """This host's `PromptBatch`es, with an exactly restorable state and the counts of what was dropped.
+
+    ``read_errors`` counts rows skipped while reading the files (``on_error="skip"``); ``admission.load_errors``
+    rows whose images failed in the map; ``admission.overlong`` the over-long prompts.
+    """
+
+    def __init__(self, iterator: grain.DatasetIterator, admission: PromptAdmission, read_errors: SkipCounter) -> None:
+        self._iterator = iterator
+        self.admission = admission
+        self.read_errors = read_errors
+
+    def __next__(self) -> PromptBatch:
+        return next(self._iterator)
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable (str keys; int, str, list and dict values): Grain's state plus the drop counters."""
+        return {"grain": self._iterator.get_state(), "admission": self.admission.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``, from `get_state` of a pipeline with the same config and data (``worker_count``
+        included: with worker processes Grain interleaves the workers' outputs and its state has another shape)."""
+        self._iterator.set_state(state["grain"])
+        self.admission.set_state(state["admission"])
+
+    def close(self) -> None:
+        """Stop Grain's worker processes and threads now rather than at garbage collection."""
+        self._iterator.close()
+
+
+def prompt_pipeline(config: PipelineConfig, tokenizer: PreTrainedTokenizerFast) -> PromptIterator:
+    """The RL prompt stream of ``config``'s sources for this host (``config.shard_index``), see the module docstring.
+
+    Raises `DataError` for an unreadable file or (``on_error="raise"``) a bad row, and ValueError naming
+    ``batch_size`` when this host's shard cannot fill one batch.
+    """
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"the tokenizer ({tokenizer.name_or_path!r}) has no pad token to left-pad prompts with")
+    read_errors = SkipCounter()
+    sources = [
+        ExampleSource.read(source, on_error=config.on_error, skipped=read_errors, verify_images=config.verify_images)
+        for source in config.sources
+    ]
+    prompts = example_dataset(config, sources).map(PromptBuilder(tokenizer, config.image_settings, config.on_error))
+    dataset = prompts.to_iter_dataset(
+        grain.ReadOptions(num_threads=config.worker_threads, prefetch_buffer_size=2 * config.worker_threads)
+    )
+    if config.worker_count:
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
+    admission = PromptAdmission(config.max_prompt_length)
+    batches = dataset.filter(admission).batch(
+        config.batch_size,
+        drop_remainder=True,
+        batch_fn=PromptCollator(tokenizer.pad_token_id, config.prompt_buckets),
+    )
+    return PromptIterator(iter(batches), admission, read_errors)

@@ -1,0 +1,197 @@
+"""Prompt pipeline: determinism, exact resume, host sharding, mixtures, filtering and bucketed batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from staged_vlm_jax.data.pipeline import (
+    DataSource,
+    ExampleSource,
+    PipelineConfig,
+    PromptBuilder,
+    example_dataset,
+    prompt_pipeline,
+)
+from staged_vlm_jax.data.schema import DataError, SkipCounter
+from staged_vlm_jax.data.synthetic import write_synthetic
+from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
+from staged_vlm_jax.rl.grpo import PromptBatch
+
+ROWS = 24
+BUCKETS = (128, 192, 256, 384, 512)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("pipeline")
+    return {
+        "tokenizer": build_tiny_tokenizer(root / "tokenizer"),
+        "perception": DataSource(write_synthetic(root, "perception", ROWS, seed=3), "perception"),
+        "text": DataSource(write_synthetic(root, "text_reasoning", ROWS, seed=3), "text_reasoning"),
+        "root": root,
+    }
+
+
+def config(*sources: DataSource, **overrides: object) -> PipelineConfig:
+    settings = {
+        "batch_size": 4,
+        "prompt_buckets": BUCKETS,
+        "max_prompt_length": BUCKETS[-1],
+        "seed": 0,
+        "shard_index": 0,
+        "shard_count": 1,
+    }
+    return PipelineConfig(tuple(sources), **{**settings, **overrides})
+
+
+def unpadded(batch: PromptBatch) -> list[tuple[int, ...]]:
+    return [tuple(ids[mask == 1].tolist()) for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+
+
+def assert_same_batches(first: list[PromptBatch], second: list[PromptBatch]) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+        np.testing.assert_array_equal(a.attention_mask, b.attention_mask)
+        assert list(a.ground_truths) == list(b.ground_truths)
+        assert (a.pixel_values is None) == (b.pixel_values is None)
+        if a.pixel_values is not None:
+            np.testing.assert_array_equal(a.pixel_values, b.pixel_values)
+            np.testing.assert_array_equal(a.image_grid_thw, b.image_grid_thw)
+            assert list(a.images_per_row) == list(b.images_per_row)
+
+
+def example_ids(cfg: PipelineConfig, count: int | None = None) -> list[str]:
+    sources = [
+        ExampleSource.read(source, on_error="raise", skipped=SkipCounter(), verify_images=False)
+        for source in cfg.sources
+    ]
+    dataset = example_dataset(cfg, sources)
+    return [dataset[index].id for index in range(count if count is not None else len(dataset))]
+
+
+def test_same_seed_same_batches_and_another_seed_another_order(data):
+    cfg = config(data["perception"], data["text"], num_epochs=1)
+    assert_same_batches(list(prompt_pipeline(cfg, data["tokenizer"])), list(prompt_pipeline(cfg, data["tokenizer"])))
+    assert example_ids(cfg) == example_ids(cfg)
+    assert example_ids(cfg) != example_ids(dataclasses.replace(cfg, seed=1))
+    assert sorted(example_ids(cfg)) == sorted(example_ids(dataclasses.replace(cfg, seed=1)))
+
+
+@pytest.mark.parametrize("worker_threads", [0, 2])
+def test_restored_state_continues_exactly_across_epochs(data, worker_threads):
+    cfg = config(data["perception"], data["text"], num_epochs=2, worker_threads=worker_threads)
+    uninterrupted = prompt_pipeline(cfg, data["tokenizer"])
+    for _ in range(5):  # mid-epoch: an epoch here is 48 rows = 12 batches
+        next(uninterrupted)
+    saved = json.loads(json.dumps(uninterrupted.get_state()))
+    expected = list(uninterrupted)  # the rest of epoch 1 and all of (reshuffled) epoch 2
+    assert len(expected) == 2 * 2 * ROWS // 4 - 5
+
+    resumed = prompt_pipeline(cfg, data["tokenizer"])
+    resumed.set_state(saved)
+    assert_same_batches(list(resumed), expected)
+    assert resumed.admission.overlong.seen == uninterrupted.admission.overlong.seen == 4 * ROWS
+
+
+def test_two_shards_see_disjoint_rows_whose_union_is_the_data(data):
+    whole = config(data["perception"], data["text"], num_epochs=1)
+    shards = [dataclasses.replace(whole, shard_index=index, shard_count=2) for index in range(2)]
+    ids = [example_ids(shard) for shard in shards]
+    assert not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == sorted(example_ids(whole))
+    assert len(ids[0]) == len(ids[1]) == ROWS
+
+    def batched_rows(cfg: PipelineConfig) -> tuple[Counter, Counter]:
+        prompts, answers = Counter(), Counter()
+        for batch in prompt_pipeline(cfg, data["tokenizer"]):
+            prompts.update(unpadded(batch))
+            answers.update(batch.ground_truths)
+        return prompts, answers
+
+    (prompts_0, answers_0), (prompts_1, answers_1) = (batched_rows(shard) for shard in shards)
+    assert (prompts_0 + prompts_1, answers_0 + answers_1) == batched_rows(whole)
+
+
+def test_mixture_follows_weights_and_is_deterministic(data):
+    cfg = config(data["perception"], data["text"], weights=(3.0, 1.0), num_epochs=None)
+    drawn = example_ids(cfg, 400)
+    perception = sum(row.startswith("perception") for row in drawn) / len(drawn)
+    assert perception == pytest.approx(0.75, abs=0.03)
+    assert drawn == example_ids(cfg, 400)
+    assert len(set(drawn)) == 2 * ROWS  # every row of both sources is drawn
+    assert next(prompt_pipeline(cfg, data["tokenizer"])).input_ids.shape[0] == 4
+
+
+def test_overlong_prompts_are_dropped_and_counted(data):
+    cfg = config(data["perception"], data["text"], batch_size=1, num_epochs=1)
+    builder = PromptBuilder(data["tokenizer"], cfg.image_settings, "raise")
+    sources = [ExampleSource.read(s, on_error="raise", skipped=SkipCounter(), verify_images=False) for s in cfg.sources]
+    lengths = sorted(len(builder(source[i]).input_ids) for source in sources for i in range(len(source)))
+    limit = lengths[len(lengths) // 2]
+    expected_dropped = sum(length > limit for length in lengths)
+    assert 0 < expected_dropped < len(lengths)
+
+    pipeline = prompt_pipeline(dataclasses.replace(cfg, max_prompt_length=limit), data["tokenizer"])
+    batches = list(pipeline)
+    assert len(batches) == len(lengths) - expected_dropped
+    assert all(batch.attention_mask.sum() <= limit for batch in batches)
+    assert (pipeline.admission.overlong.seen, pipeline.admission.overlong.dropped) == (len(lengths), expected_dropped)
+
+
+def test_text_only_batches_have_no_images(data):
+    batch = next(prompt_pipeline(config(data["text"]), data["tokenizer"]))
+    assert batch.pixel_values is None and batch.image_grid_thw is None and batch.images_per_row is None
+    assert len(batch.ground_truths) == 4
+
+
+def test_batches_are_left_padded_to_the_smallest_fitting_bucket(data):
+    tokenizer = data["tokenizer"]
+    for batch in prompt_pipeline(config(data["perception"], data["text"]), tokenizer):
+        lengths = batch.attention_mask.sum(axis=1)
+        width = batch.input_ids.shape[1]
+        assert width == min(b for b in BUCKETS if b >= lengths.max())
+        assert batch.input_ids.dtype == np.int32 and batch.attention_mask.shape == batch.input_ids.shape
+        for ids, mask, length in zip(batch.input_ids, batch.attention_mask, lengths, strict=True):
+            assert mask[width - length :].all() and not mask[: width - length].any()
+            assert (ids[: width - length] == tokenizer.pad_token_id).all()
+        if batch.pixel_values is not None:
+            assert sum(batch.images_per_row) == len(batch.image_grid_thw)
+            assert batch.pixel_values.shape[0] == int(np.prod(batch.image_grid_thw, axis=1).sum())
+
+
+def test_rows_with_missing_images_are_skipped_and_counted(data, tmp_path):
+    rows = Path(data["perception"].path).read_text().splitlines()
+    broken = json.loads(rows[0])
+    (tmp_path / "rows.jsonl").write_text("\n".join([json.dumps({**broken, "images": ["gone.png"]}), *rows]) + "\n")
+    source = DataSource(tmp_path / "rows.jsonl", "perception", image_root=Path(data["perception"].path).parent)
+    pipeline = prompt_pipeline(config(source, batch_size=5, on_error="skip"), data["tokenizer"])
+    assert len(list(pipeline)) == ROWS // 5
+    assert pipeline.admission.load_errors.counts == Counter({"missing_image": 1})
+    with pytest.raises(DataError, match="gone.png"):
+        list(prompt_pipeline(config(source, batch_size=5), data["tokenizer"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"weights": (1.0,)}, "weights"),
+        ({"max_prompt_length": 1024}, "prompt_buckets"),
+        ({"shard_index": 2, "shard_count": 2}, "shard_index"),
+        ({"on_error": "ignore"}, "on_error"),
+    ],
+)
+def test_bad_settings_name_their_key(data, overrides, key):
+    with pytest.raises(ValueError, match=key):
+        config(data["perception"], data["text"], **overrides)
+
+
+def test_batch_larger_than_the_shard_names_batch_size(data):
+    with pytest.raises(ValueError, match="batch_size 13 is larger than shard 1 of 4"):
+        prompt_pipeline(config(data["text"], batch_size=13, shard_index=1, shard_count=4), data["tokenizer"])
