@@ -273,6 +273,27 @@ def per_row_images(
     return pixels, grids
 
 
+def images_per_row_from_ids(input_ids, image_grid_thw, image_token_id: int, merge_size: int) -> list[int]:
+    """How many of the packed images (in order) each row's placeholders consume; raises if they do not partition."""
+    grid = np.asarray(image_grid_thw).reshape(-1, 3)
+    tokens_per_image = np.prod(grid, axis=1) // (merge_size * merge_size)
+    per_row, image = [], 0
+    for row, wanted in enumerate(np.sum(np.asarray(input_ids) == image_token_id, axis=1)):
+        start, taken = image, 0
+        while taken < wanted and image < len(grid):
+            taken += int(tokens_per_image[image])
+            image += 1
+        if taken != wanted:
+            raise ImageTokenMismatchError(
+                f"row {row}: {int(wanted)} image placeholder tokens do not match whole images of image_grid_thw "
+                f"(images {start}.. give {taken} tokens)"
+            )
+        per_row.append(image - start)
+    if image != len(grid):
+        raise ImageTokenMismatchError(f"{len(grid) - image} image(s) of image_grid_thw have no placeholders")
+    return per_row
+
+
 def rope_positions(
     input_ids: jax.Array,
     attention_mask: jax.Array,

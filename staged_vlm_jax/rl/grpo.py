@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from staged_vlm_jax.models.qwen2_5_vl import per_row_images
 from staged_vlm_jax.rl import advantages
 from staged_vlm_jax.rl.learner import Learner, TrainBatch
 from staged_vlm_jax.rl.rollout import RolloutEngine, bucket
@@ -59,7 +58,8 @@ class PromptBatch:
     """Tokenized prompts of one step, left-padded, images in HF's packed layout.
 
     input_ids / attention_mask [B, P]; pixel_values [N, ·] and image_grid_thw [I, 3] (or None for text-only
-    batches); images_per_row [B] says how many of the images belong to each prompt; ground_truths [B].
+    batches); ground_truths [B]. Which images belong to which prompt follows from the placeholders in order;
+    images_per_row [B] records it for readers of the batch.
     """
 
     input_ids: np.ndarray
@@ -208,7 +208,7 @@ class GRPOTrainer:
             )
             scores["overall"] = scores["overall"] + scores["overlong_penalty"]
         timing["reward_s"] += time.perf_counter() - start
-        images = self._per_row_images(prompts) if prompts.pixel_values is not None else {}
+        images = self._per_row_images(prompts, ids) if prompts.pixel_values is not None else {}
         return Rollouts(
             np.repeat(ids, cfg.n, 0), np.repeat(mask, cfg.n, 0), tokens, response_mask, lengths, scores, **images
         )
@@ -244,11 +244,11 @@ class GRPOTrainer:
             _pad_to(np.asarray(attention_mask, np.int32), 1, width, left=True),
         )
 
-    def _per_row_images(self, prompts: PromptBatch) -> dict[str, np.ndarray]:
-        """Packed prompt images -> per-row layout for the learner, each prompt's images repeated for its n rows."""
-        if prompts.images_per_row is None:
-            raise ValueError("PromptBatch.images_per_row is required when the batch has images")
-        pixels, grids = per_row_images(prompts.pixel_values, prompts.image_grid_thw, list(prompts.images_per_row))
-        pixels = _pad_to(pixels, 1, bucket(pixels.shape[1], self.engine.config.patch_buckets))
+    def _per_row_images(self, prompts: PromptBatch, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The prompts' images in the per-row layout (the engine's buckets), repeated for each prompt's n rows."""
+        pixels, grids = self.engine.per_row_images(
+            self.learner.model_config, input_ids, np.asarray(prompts.pixel_values),
+            np.asarray(prompts.image_grid_thw), input_ids.shape[0],
+        )  # fmt: skip
         n = self.config.n
         return {"pixel_values": np.repeat(pixels, n, 0), "image_grid_thw": np.repeat(grids, n, 0)}

@@ -135,6 +135,7 @@ class Learner:
         rules: Mapping[str, MeshAxes] = DEFAULT_RULES,
     ):
         self.config, self.mesh, self.rules = config, mesh, rules
+        self.model_config = model.cfg  # the family's config (image-token ids, ...)
         self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.trainable), ...)
         if not jax.tree.leaves(params):
             raise ValueError(f"learner.trainable {config.trainable} matches no parameter")

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from staged_vlm_jax.models.qwen2_5_vl import images_per_row_from_ids, per_row_images
 from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, batch_sharding, batch_shards, constrain
 
 
@@ -62,7 +63,7 @@ class RolloutConfig:
     prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     new_token_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-    patch_buckets: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
+    patch_buckets: tuple[int, ...] = (64, 256, 1024, 4096, 16384)  # per row
     max_cache_bytes: int | None = None
     cache_memory_fraction: float = 0.5
 
@@ -265,12 +266,10 @@ class RolloutEngine:
         ids[:batch, prompt_bucket - prompt_len :] = input_ids
         mask[:batch, prompt_bucket - prompt_len :] = attention_mask
         if pixel_values is not None:
-            pixel_values = np.asarray(pixel_values)
-            patches = bucket(pixel_values.shape[0], cfg.patch_buckets)
-            pixel_values = np.concatenate(
-                [pixel_values, np.zeros((patches - pixel_values.shape[0], pixel_values.shape[1]), pixel_values.dtype)]
+            pixel_values, image_grid_thw = self.per_row_images(
+                model.cfg, input_ids, np.asarray(pixel_values), np.asarray(image_grid_thw), rows_bucket
             )
-            image_grid_thw = np.asarray(image_grid_thw, np.int32)
+            pixel_values, image_grid_thw = self._place(pixel_values), self._place(image_grid_thw)
         ids, mask = self._place(ids), self._place(mask)
         graphdef, state = nnx.split(model)
         with self._mesh_context():
@@ -295,6 +294,29 @@ class RolloutEngine:
                 banned=model.cfg.special_token_ids,
             )
         return jax.tree.map(lambda x: x[: batch * n, :max_new_tokens] if x.ndim == 2 else x[: batch * n], out)
+
+    def per_row_images(self, cfg, input_ids, pixel_values, image_grid_thw, rows: int):
+        """Packed (HF) images -> per-row layout padded to the patch / slot / batch buckets.
+
+        Each row's vision tower then attends within its own images only (packed, the full-attention blocks would be
+        quadratic in the whole batch's patches) and the images shard with the batch.
+        """
+        if pixel_values.ndim == 2:
+            per_row = images_per_row_from_ids(
+                input_ids, image_grid_thw, cfg.image_token_id, cfg.vision.spatial_merge_size
+            )
+            sizes = np.split(np.prod(image_grid_thw.reshape(-1, 3), axis=1), np.cumsum(per_row)[:-1])
+            patches = bucket(max(int(s.sum()) for s in sizes), self.config.patch_buckets)
+            slots = bucket(max(per_row), (1, 2, 4, 8))
+            pixel_values, image_grid_thw = per_row_images(pixel_values, image_grid_thw, per_row, patches, slots)
+        else:
+            patches = bucket(pixel_values.shape[1], self.config.patch_buckets)
+            pixel_values = np.pad(pixel_values, [(0, 0), (0, patches - pixel_values.shape[1]), (0, 0)])
+        extra = rows - pixel_values.shape[0]  # batch-bucket padding rows: no images
+        return (
+            np.pad(pixel_values, [(0, extra), (0, 0), (0, 0)]),
+            np.pad(np.asarray(image_grid_thw, np.int32), [(0, extra), (0, 0), (0, 0)]),
+        )
 
     def _place(self, array: np.ndarray):
         if self.mesh is None:

@@ -119,10 +119,12 @@ def test_sampled_log_probs_equal_full_forward_recompute(setup):
 def test_group_shares_one_prefill_and_buckets_do_not_recompile(setup):
     model, _, cfg, ids, mask, pixels, grids, _ = setup
     engine = RolloutEngine()
-    for trim in (0, 2, 5):  # prompt lengths 45, 43, 40: one 64-token bucket
+    for extra in (0, 3, 9):  # prompt lengths 45, 48, 54 (more left padding): one 64-token bucket
+        padded_ids = np.pad(ids, [(0, 0), (extra, 0)], constant_values=cfg.text.pad_token_id)
+        padded_mask = np.pad(mask, [(0, 0), (extra, 0)])
         engine.generate(
-            model, ids[:, trim:], mask[:, trim:], pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW - trim,
-            n=5, rng=jax.random.key(trim), **_kwargs(cfg),
+            model, padded_ids, padded_mask, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW - extra // 3,
+            n=5, rng=jax.random.key(extra), **_kwargs(cfg),
         )  # fmt: skip
     assert engine.num_compilations == 1
     assert engine.last_trace["prefill_batch"] == 2  # the vision tower and prefill see each prompt once...
