@@ -20,13 +20,11 @@ import datetime
 import importlib.util
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import transformers
+from harness import median_seconds
 
 from staged_vlm_jax.data import images
 
@@ -46,18 +44,6 @@ def hf_processor(backend: str) -> transformers.image_processing_utils.BaseImageP
         image_mean=s.image_mean,
         image_std=s.image_std,
     )
-
-
-def median_s(run: Callable[[], object], iters: int, warmup: int) -> float:
-    """Median wall time of ``run()`` in seconds."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -84,7 +70,7 @@ def main() -> None:
         def ours(backend: str = backend) -> list[tuple[np.ndarray, np.ndarray]]:
             return [images.qwen_preprocess(image, backend=backend) for image in batch]
 
-        ours_rate = args.images / median_s(ours, args.iters, args.warmup)
+        ours_rate = args.images / median_seconds(ours, args.iters, args.warmup)
         if processor is None:
             print(f"| {backend} | {ours_rate:.1f} | n/a (torchvision not installed) | - |")
             continue
@@ -96,7 +82,7 @@ def main() -> None:
         got = ours()
         np.testing.assert_array_equal(np.concatenate([pixels for pixels, _ in got]), expected["pixel_values"])
         np.testing.assert_array_equal(np.stack([grid for _, grid in got]), expected["image_grid_thw"])
-        hf_rate = args.images / median_s(hf, args.iters, args.warmup)
+        hf_rate = args.images / median_seconds(hf, args.iters, args.warmup)
         print(f"| {backend} | {ours_rate:.1f} | {hf_rate:.1f} | {ours_rate / hf_rate:.2f}x |")
 
 

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
+from harness import hf_qwen2_5_vl, image_prompts, median_seconds
 
 from staged_vlm_jax import models
 from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, tiny_config
@@ -46,34 +46,6 @@ def bench_config(vocab_size: int = 4096) -> Qwen2_5_VLConfig:
         vision=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=512,
                     window_size=112, fullatt_block_indexes=(3,)),
     )  # fmt: skip
-
-
-def make_inputs(cfg: Qwen2_5_VLConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Equal-length rows ``text <vision_start> image-pads <vision_end> text``, each with its own image."""
-    rng = np.random.default_rng(seed)
-    v = cfg.vision
-    image_tokens = int(np.prod(GRID)) // v.spatial_merge_size**2
-    rows = []
-    for _ in range(batch):
-        before, after = (rng.integers(0, cfg.image_token_id - 1, n).tolist() for n in TEXT_LENS)
-        image = [cfg.vision_start_token_id] + [cfg.image_token_id] * image_tokens + [cfg.vision_end_token_id]
-        rows.append(before + image + after)
-    input_ids = np.array(rows, np.int64)
-    patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
-    return {
-        "input_ids": input_ids,
-        "attention_mask": np.ones_like(input_ids),
-        "pixel_values": rng.standard_normal((batch * int(np.prod(GRID)), patch_dim)).astype(np.float32),
-        "image_grid_thw": np.array([GRID] * batch, np.int64),
-    }
-
-
-def hf_model(cfg: Qwen2_5_VLConfig, seed: int = 0) -> transformers.Qwen2_5_VLForConditionalGeneration:
-    """transformers' model (eager attention) with its own random initialisation."""
-    torch.manual_seed(seed)
-    hf_cfg = transformers.Qwen2_5_VLConfig(**cfg.to_hf())
-    hf_cfg._attn_implementation = "eager"
-    return transformers.Qwen2_5_VLForConditionalGeneration(hf_cfg).eval()
 
 
 def hf_forward(
@@ -105,18 +77,6 @@ def our_forward(model: nnx.Module, inputs: dict[str, np.ndarray]) -> tuple[Calla
     return lambda: compiled(state, *args), time.perf_counter() - start
 
 
-def median_ms(run: Callable[[], object], iters: int, warmup: int) -> float:
-    """Median wall time of ``run()`` in milliseconds; ``run`` must block until its result is ready."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=1)
@@ -127,8 +87,8 @@ def main() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     cfg = bench_config()
-    inputs = make_inputs(cfg, args.batch)
-    hf = hf_model(cfg)
+    inputs = image_prompts(cfg, GRID, [TEXT_LENS] * args.batch)
+    hf = hf_qwen2_5_vl(cfg, "eager")
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         # Parity in float32 (the oracle's precision), then both models in the timed dtype.
@@ -145,8 +105,8 @@ def main() -> None:
             hf = hf.to(getattr(torch, args.dtype))
 
     run_ours, compile_s = our_forward(ours, inputs)
-    ours_ms = median_ms(lambda: run_ours().block_until_ready(), args.iters, args.warmup)
-    hf_ms = median_ms(hf_forward(hf, cfg, inputs), args.iters, args.warmup)
+    ours_ms = 1e3 * median_seconds(lambda: run_ours().block_until_ready(), args.iters, args.warmup)
+    hf_ms = 1e3 * median_seconds(hf_forward(hf, cfg, inputs), args.iters, args.warmup)
 
     seq = inputs["input_ids"].shape[1]
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
