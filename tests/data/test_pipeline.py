@@ -195,3 +195,30 @@ def test_bad_settings_name_their_key(data, overrides, key):
 def test_batch_larger_than_the_shard_names_batch_size(data):
     with pytest.raises(ValueError, match="batch_size 13 is larger than shard 1 of 4"):
         prompt_pipeline(config(data["text"], batch_size=13, shard_index=1, shard_count=4), data["tokenizer"])
+
+
+def test_two_jax_processes_see_disjoint_rows_whose_union_is_the_data(data):
+    """Two local processes joined by jax.distributed: each host's default shard, no explicit shard settings."""
+    import os
+    import subprocess
+    import sys
+
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    worker = Path(__file__).with_name("two_host_worker.py")
+    rows = str(data["perception"].path)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(port), str(i), rows], stdout=subprocess.PIPE, env=env, text=True
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    ids = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])
+    whole = config(data["perception"], num_epochs=1)
+    assert sorted(ids[0] + ids[1]) == sorted(example_ids(whole))
