@@ -20,8 +20,9 @@ from staged_vlm_jax.models.sharding import constrain
 
 LogicalAxes = tuple[str | None, ...]
 
-# KV cache [B, S, Hkv, D]: batch over data x fsdp, kv heads over tensor.
-CACHE_AXES: LogicalAxes = ("batch", None, "kv_heads", None)
+# KV cache [B, Hkv, S, D] (heads before slots: the layout the attention contraction reads, so a decode step does not
+# transpose the whole cache): batch over data x fsdp, kv heads over tensor.
+CACHE_AXES: LogicalAxes = ("batch", "kv_heads", None, None)
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -161,18 +162,18 @@ def mrope_cos_sin(
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
     """Grouped-query attention with a boolean mask.
 
-    q [B, Tq, H, D], k/v [B, Tk, Hkv, D] with H a multiple of Hkv (query head h reads kv head h // (H/Hkv), as
-    HF's ``repeat_kv``), mask [B, Tq, Tk] (True = attend). Softmax runs in float32. One place for the attention
-    kernel, so a fused implementation (cuDNN, splash) can replace it without touching the models.
+    q [B, Tq, H, D], k/v [B, Hkv, Tk, D] (the KV-cache layout) with H a multiple of Hkv (query head h reads kv
+    head h // (H/Hkv), as HF's ``repeat_kv``), mask [B, Tq, Tk] (True = attend). Softmax runs in float32. One place
+    for the attention kernel, so a fused implementation (cuDNN, splash) can replace it without touching the models.
     """
     b, tq, h, d = q.shape
-    hkv = k.shape[2]
+    hkv = k.shape[1]
     q = q.reshape(b, tq, hkv, h // hkv, d)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k) * scale
+    scores = jnp.einsum("bqhgd,bhkd->bhgqk", q, k) * scale
     big_neg = jnp.finfo(scores.dtype).min
     scores = jnp.where(mask[:, None, None, :, :], scores, big_neg)
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
+    out = jnp.einsum("bhgqk,bhkd->bqhgd", probs, v)
     return out.reshape(b, tq, h, d)
 
 
@@ -180,7 +181,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
 class KVCache:
     """Fixed-size key/value cache for incremental decoding.
 
-    keys/values: per layer [B, S, Hkv, D]; ``key_mask`` [B, S] marks slots holding real (non-pad) tokens;
+    keys/values: per layer [B, Hkv, S, D]; ``key_mask`` [B, S] marks slots holding real (non-pad) tokens;
     ``length`` is the number of slots written (shared by the batch: prompts are left-padded to one length);
     ``next_position`` [B] is the rotary position of each row's next token (M-RoPE positions run ahead of the slot
     index after an image, HF's ``rope_deltas``).
@@ -223,7 +224,7 @@ class Attention(nnx.Module):
         cache_kv: tuple[jax.Array, jax.Array] | None = None,
         start: jax.Array | int = 0,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x [B, T, E]; key_mask [B, S]. Without a cache S = T. With ``cache_kv`` ([B, S, Hkv, D] each), the new
+        """x [B, T, E]; key_mask [B, S]. Without a cache S = T. With ``cache_kv`` ([B, Hkv, S, D] each), the new
         keys/values are written at slots [start, start + T) and the queries attend to every written slot up to
         their own (causal by slot). Returns the output and the (updated) keys/values."""
         b, t, _ = x.shape
@@ -231,12 +232,13 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D]
         if cache_kv is not None:
-            k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (0, start, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (0, start, 0, 0))
+            k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (0, 0, start, 0))
+            v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (0, 0, start, 0))
             k, v = constrain(k, CACHE_AXES), constrain(v, CACHE_AXES)
         query_slot = start + jnp.arange(t)
-        causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]
+        causal = jnp.arange(k.shape[2])[None, :] <= query_slot[:, None]
         mask = causal[None] & key_mask[:, None, :].astype(bool)
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5)
         return self.o_proj(out.reshape(b, t, -1)), (k, v)

@@ -500,7 +500,7 @@ class Qwen2_5_VL(nnx.Module):
 
     def init_cache(self, batch: int, size: int, dtype=None) -> tuple[tuple[jax.Array, jax.Array], ...]:
         t = self.cfg.text
-        shape = (batch, size, t.num_key_value_heads, t.head_dim)
+        shape = (batch, t.num_key_value_heads, size, t.head_dim)
         dtype = dtype or self.dtype
         return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(t.num_hidden_layers))
 

@@ -121,7 +121,8 @@ def local_segment_attention(
     seg_k = with_neighbours(seg_q, -2)  # keys beyond either end match nothing
     mask = seg_q[:, :, None] == seg_k[:, None, :]
     k_b, v_b = with_neighbours(blocks(k, 0), 0), with_neighbours(blocks(v, 0), 0)
-    out = dot_product_attention(blocks(q, 0), k_b, v_b, mask, scale)
+    heads_major = lambda x: x.transpose(0, 2, 1, 3)  # [blocks, h, 3·block, d], the kernel's k/v layout
+    out = dot_product_attention(blocks(q, 0), heads_major(k_b), heads_major(v_b), mask, scale)
     return out.reshape(num_blocks * block, h, d)[:n]
 
 
@@ -148,7 +149,8 @@ class VisionAttention(nnx.Module):
         scale = self.head_dim**-0.5
         if window_block is None:
             mask = segment[:, None] == segment[None, :]
-            out = dot_product_attention(q[None], k[None], v[None], mask[None], scale)[0]
+            k, v = k.transpose(1, 0, 2)[None], v.transpose(1, 0, 2)[None]  # [1, H, N, D]
+            out = dot_product_attention(q[None], k, v, mask[None], scale)[0]
         else:
             out = local_segment_attention(q, k, v, segment, window_block, scale)
         return self.proj(out.reshape(n, -1))

@@ -144,7 +144,9 @@ def test_local_segment_attention_equals_dense_masked_attention(n):
         lengths.append(int(rng.integers(1, block + 1)))
     segment = np.repeat(np.arange(len(lengths)), lengths)[:n]
     q, k, v = (jnp.asarray(rng.standard_normal((n, 2, 8)), jnp.float32) for _ in range(3))
-    dense = dot_product_attention(q[None], k[None], v[None], (segment[:, None] == segment[None, :])[None], 0.3)[0]
+    heads_major = lambda x: x.transpose(1, 0, 2)[None]
+    mask = (segment[:, None] == segment[None, :])[None]
+    dense = dot_product_attention(q[None], heads_major(k), heads_major(v), mask, 0.3)[0]
     local = local_segment_attention(q, k, v, jnp.asarray(segment), block, 0.3)
     np.testing.assert_allclose(np.asarray(local), np.asarray(dense), atol=1e-6, rtol=0)
 
