@@ -38,12 +38,14 @@ def _kwargs(cfg, **extra):
     return dict(eos_token_ids=(cfg.text.eos_token_id,), pad_token_id=cfg.text.pad_token_id, **extra)
 
 
+def _greedy(model, cfg, ids, mask, pixels, grids):
+    return rollout.generate(model, ids, mask, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW,
+                            greedy=True, rng=jax.random.key(0), **_kwargs(cfg))  # fmt: skip
+
+
 def test_greedy_equals_stepwise_argmax_of_full_forward(setup):
     model, _, cfg, ids, mask, pixels, grids, _ = setup
-    out = rollout.generate(
-        model, ids, mask, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW, greedy=True,
-        rng=jax.random.key(0), **_kwargs(cfg),
-    )  # fmt: skip
+    out = _greedy(model, cfg, ids, mask, pixels, grids)
     seq, seq_mask = ids.copy(), mask.copy()
     expected = np.full((2, NEW), cfg.text.pad_token_id)
     done = np.zeros(2, bool)
@@ -61,10 +63,7 @@ def test_greedy_equals_stepwise_argmax_of_full_forward(setup):
 
 def test_greedy_equals_transformers_generate(setup):
     model, oracle, cfg, ids, mask, pixels, grids, _ = setup
-    out = rollout.generate(
-        model, ids, mask, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW, greedy=True,
-        rng=jax.random.key(0), **_kwargs(cfg),
-    )  # fmt: skip
+    out = _greedy(model, cfg, ids, mask, pixels, grids)
     with torch.no_grad():
         hf = oracle.generate(
             input_ids=torch.tensor(ids, dtype=torch.long),
