@@ -186,9 +186,11 @@ class GRPOTrainer:
         cfg = self.config
         start = time.perf_counter()
         ids, mask = self._pad_prompts(prompts.input_ids, prompts.attention_mask)
+        # One conversion to the per-row image layout serves both the sampler and (repeated n times) the learner.
+        pixels, grids = self._per_row_images(prompts, ids) if prompts.pixel_values is not None else (None, None)
         out = self.engine.generate(
-            self.learner.model(), ids, mask, pixel_values=prompts.pixel_values,
-            image_grid_thw=prompts.image_grid_thw, max_new_tokens=cfg.max_new_tokens, n=cfg.n,
+            self.learner.model(), ids, mask, pixel_values=pixels,
+            image_grid_thw=grids, max_new_tokens=cfg.max_new_tokens, n=cfg.n,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, eos_token_ids=self.eos_token_ids,
             pad_token_id=self.pad_token_id, rng=rng,
         )  # fmt: skip
@@ -208,9 +210,9 @@ class GRPOTrainer:
             )
             scores["overall"] = scores["overall"] + scores["overlong_penalty"]
         timing["reward_s"] += time.perf_counter() - start
-        images = self._per_row_images(prompts, ids) if prompts.pixel_values is not None else {}
+        repeat = lambda x: None if x is None else np.repeat(x, cfg.n, 0)
         return Rollouts(
-            np.repeat(ids, cfg.n, 0), np.repeat(mask, cfg.n, 0), tokens, response_mask, lengths, scores, **images
+            repeat(ids), repeat(mask), tokens, response_mask, lengths, scores, repeat(pixels), repeat(grids)
         )
 
     def _train_batch(self, rollouts: Rollouts) -> TrainBatch:
@@ -244,11 +246,9 @@ class GRPOTrainer:
             _pad_to(np.asarray(attention_mask, np.int32), 1, width, left=True),
         )
 
-    def _per_row_images(self, prompts: PromptBatch, input_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """The prompts' images in the per-row layout (the engine's buckets), repeated for each prompt's n rows."""
-        pixels, grids = self.engine.per_row_images(
+    def _per_row_images(self, prompts: PromptBatch, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts' images in the per-row layout, padded to the engine's buckets."""
+        return self.engine.per_row_images(
             self.learner.model_config, input_ids, np.asarray(prompts.pixel_values),
             np.asarray(prompts.image_grid_thw), input_ids.shape[0],
         )  # fmt: skip
-        n = self.config.n
-        return {"pixel_values": np.repeat(pixels, n, 0), "image_grid_thw": np.repeat(grids, n, 0)}
