@@ -1,7 +1,8 @@
 """Command line entry point: ``staged-vlm <command>`` (also ``python -m staged_vlm_jax``).
 
-Commands register in `COMMANDS` (name -> (help, add_arguments, run)); later issues add train / eval / export /
-plot / data here.
+Commands register in `COMMANDS` (name -> (help, add_arguments, run)). Expected failures — a config typo, a
+missing data or model path, a workdir of another config, an incompatible checkpoint — end with one line naming
+the key, file or checkpoint (exit status 2), not a traceback.
 """
 
 from __future__ import annotations
@@ -71,7 +72,81 @@ def _data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file (configs/*.py[:argument])")
+    parser.add_argument("--workdir", required=True, help="run directory; rerunning on it resumes")
+    parser.add_argument("--allow-config-change", action="store_true", help="resume with a config that differs")
+    parser.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() (multi-host)")
+    parser.epilog = "Config values are overridden with ml-collections flags, e.g. --config.rollout.n=8."
+
+
+def load_config(config: str, overrides: Sequence[str]):
+    """The ml-collections config of ``config`` (``file.py[:arg]``) with ``--config.key=value`` overrides."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from staged_vlm_jax.train.config import ConfigKeyError
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "run config", flag_values=values, lock_config=True)
+    bad = [item for item in overrides if not item.startswith("--config.")]
+    if bad:
+        raise ConfigKeyError(f"unknown arguments {bad}; config overrides look like --config.rollout.n=8")
+    try:
+        values(["staged-vlm", f"--config={config}", *overrides])
+    except flags.Error as error:
+        raise ConfigKeyError(" ".join(str(error).split())) from error
+    return values.config
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Runs (or resumes) the config's stages in the workdir, then writes the plots."""
+    import jax
+
+    from staged_vlm_jax.train.plots import plot_run
+    from staged_vlm_jax.train.stages import StagedRun
+
+    if args.distributed:
+        jax.distributed.initialize()
+    run = StagedRun(load_config(args.config, args.overrides), args.workdir,
+                    allow_config_change=args.allow_config_change)  # fmt: skip
+    run.run()
+    if jax.process_index() == 0:
+        plot_run(run.workdir)
+        print(f"done: {run.total_steps()} steps; results in {run.workdir / 'results.md'}")
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a run's checkpoints/ directory (or its workdir)")
+    parser.add_argument("--step", type=int, default=None, help="global step to export (default: the latest)")
+    parser.add_argument("--out", required=True, help="output Hugging Face directory")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from staged_vlm_jax.train.stages import export_hf
+
+    out, step = export_hf(args.checkpoint, args.out, args.step)
+    print(f"exported step {step} to {out}")
+    return 0
+
+
+def _plot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="run directory holding metrics.jsonl")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from staged_vlm_jax.train.plots import plot_run
+
+    for path in plot_run(args.workdir):
+        print(path)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "train": ("run or resume a config's stages in a workdir", _train_arguments, _train),
+    "export": ("write a Hugging Face directory from a run's checkpoint", _export_arguments, _export),
+    "plot": ("plot reward, accuracy and response length per step into <workdir>/plots", _plot_arguments, _plot),
     "inspect": (
         "load a Hugging Face checkpoint and print its config and parameter counts",
         _inspect_arguments,
@@ -90,8 +165,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
-    args = parser.parse_args(argv)
-    return COMMANDS[args.command][2](args)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return COMMANDS[args.command][2](args)
+    except Exception as error:
+        if not isinstance(error, expected_errors()):
+            raise
+        print(f"staged-vlm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """Failures a user fixes from the message alone (config, path, data, checkpoint); others keep tracebacks."""
+    from staged_vlm_jax.data.schema import DataError
+    from staged_vlm_jax.data.tokenizer import TokenizerError
+    from staged_vlm_jax.models import CheckpointError, ConfigError
+    from staged_vlm_jax.train.checkpoint import IncompatibleCheckpointError
+    from staged_vlm_jax.train.config import ConfigKeyError
+    from staged_vlm_jax.train.stages import ConfigMismatchError
+
+    return (ConfigKeyError, ConfigMismatchError, ConfigError, DataError, TokenizerError, CheckpointError,
+            IncompatibleCheckpointError, FileNotFoundError)  # fmt: skip
 
 
 if __name__ == "__main__":

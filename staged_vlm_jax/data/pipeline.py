@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
+from staged_vlm_jax.data import curriculum
 from staged_vlm_jax.data.images import QWEN2_VL, QwenImageSettings
 from staged_vlm_jax.data.prompts import PromptFilter, build_prompt
 from staged_vlm_jax.data.schema import ON_ERROR_POLICIES, DataError, ErrorPolicy, Example, RowLocation, SkipCounter
@@ -44,11 +45,16 @@ from staged_vlm_jax.rl.rollout import bucket
 
 @dataclasses.dataclass(frozen=True)
 class DataSource:
-    """One data file of a capability; image paths in it are relative to ``image_root`` (default: its folder)."""
+    """One data file of a capability; image paths in it are relative to ``image_root`` (default: its folder).
+
+    ``repeat``: how many times each row appears per epoch when sources are concatenated (a merged run gives each
+    source its stage's epoch count, so it sees the same data as the staged run).
+    """
 
     path: str | Path
     capability: str
     image_root: str | Path | None = None
+    repeat: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +63,10 @@ class PipelineConfig:
 
     ``weights`` None concatenates the sources (each row once per epoch); otherwise the sources are mixed in these
     proportions and the mixture ends when the first source runs out of its ``num_epochs`` epochs (Grain's
-    ``MapDataset.mix``). ``num_epochs`` None repeats forever. ``shard_index`` / ``shard_count`` default to this
+    ``MapDataset.mix``). ``order`` (concatenated sources only) names a `curriculum.ORDERS` entry: "shuffle"
+    (reshuffled every epoch) or "difficulty" (easiest first by pass_rate, ties shuffled; ``drop_solved`` drops
+    rows with pass_rate 1). ``drop_remainder`` False keeps a last, smaller batch (evaluation).
+    ``num_epochs`` None repeats forever. ``shard_index`` / ``shard_count`` default to this
     JAX process and the process count. ``worker_count`` > 0 runs the map in that many processes (Grain's
     ``mp_prefetch``; needs absl flags parsed), ``worker_threads`` > 0 in threads of this process. Images are
     decoded in the map; ``verify_images`` also decodes each one once when the files are read, so a missing image
@@ -78,6 +87,9 @@ class PipelineConfig:
     image_settings: QwenImageSettings = QWEN2_VL
     on_error: ErrorPolicy = "raise"
     verify_images: bool = False
+    order: str = "shuffle"
+    drop_solved: bool = False
+    drop_remainder: bool = True
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -110,6 +122,12 @@ class PipelineConfig:
             raise ValueError(
                 f"worker_count and worker_threads must be non-negative, got {self.worker_count}, {self.worker_threads}"
             )
+        if self.order not in curriculum.ORDERS:
+            raise ValueError(f"order must be one of {sorted(curriculum.ORDERS)}, got {self.order!r}")
+        if self.weights is not None and (self.order != "shuffle" or self.drop_solved):
+            raise ValueError("order / drop_solved apply to concatenated sources; weighted mixes are shuffled")
+        if any(source.repeat < 1 for source in self.sources):
+            raise ValueError(f"source repeat counts must be >= 1, got {[source.repeat for source in self.sources]}")
         if self.on_error not in ON_ERROR_POLICIES:
             raise ValueError(f"on_error must be one of {sorted(ON_ERROR_POLICIES)}, got {self.on_error!r}")
 
@@ -157,20 +175,25 @@ def _source_seed(seed: int, index: int) -> int:
 def example_dataset(config: PipelineConfig, sources: Sequence[ExampleSource]) -> grain.MapDataset:
     """This host's Examples in training order: sharded, shuffled per epoch, repeated, concatenated or mixed.
 
-    Raises ValueError naming ``batch_size`` if this host's shard of an epoch cannot fill one batch.
+    Raises ValueError naming ``batch_size`` if this host's shard of an epoch cannot fill one batch (when batches
+    drop their remainder).
     """
     shards = [grain.MapDataset.source(source)[config.shard_index :: config.shard_count] for source in sources]
-    shard_rows = sum(len(shard) for shard in shards)
     if config.weights is None:
-        rows = grain.MapDataset.concatenate(shards) if len(shards) > 1 else shards[0]
-        dataset = rows.shuffle(config.seed).repeat(config.num_epochs)
+        repeated = [shard.repeat(source.repeat) if source.repeat > 1 else shard
+                    for shard, source in zip(shards, config.sources, strict=True)]  # fmt: skip
+        rows = grain.MapDataset.concatenate(repeated) if len(repeated) > 1 else repeated[0]
+        rows = curriculum.ORDERS[config.order](rows, config.seed, config.drop_solved)
+        shard_rows = len(rows)
+        dataset = rows.repeat(config.num_epochs)
     else:
         repeated = [
             shard.shuffle(_source_seed(config.seed, index)).repeat(config.num_epochs)
             for index, shard in enumerate(shards)
         ]
         dataset = grain.MapDataset.mix(repeated, list(config.weights))
-    if min(shard_rows, len(dataset)) < config.batch_size:
+        shard_rows = sum(len(shard) for shard in shards)
+    if config.drop_remainder and min(shard_rows, len(dataset)) < config.batch_size:
         sizes = ", ".join(f"{source.name}: {len(shard)} rows" for source, shard in zip(sources, shards, strict=True))
         raise ValueError(
             f"batch_size {config.batch_size} is larger than shard {config.shard_index} of {config.shard_count} "
@@ -354,7 +377,7 @@ def prompt_pipeline(config: PipelineConfig, tokenizer: PreTrainedTokenizerFast) 
     admission = PromptAdmission(config.max_prompt_length)
     batches = dataset.filter(admission).batch(
         config.batch_size,
-        drop_remainder=True,
+        drop_remainder=config.drop_remainder,
         batch_fn=PromptCollator(tokenizer.pad_token_id, config.prompt_buckets),
     )
     return PromptIterator(iter(batches), admission, read_errors)

@@ -121,6 +121,23 @@ def concatenate(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
     )
 
 
+def model_inputs(
+    engine: RolloutEngine, model_config, prompts: PromptBatch, pad_token_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """input_ids, attention_mask, pixel_values, image_grid_thw of ``prompts`` in the shapes every step of a stage
+    shares: prompts left-padded to the engine's prompt bucket, images in the per-row layout padded to its patch
+    bucket (None without images)."""
+    width = bucket(prompts.input_ids.shape[1], engine.config.prompt_buckets)
+    ids = _pad_to(np.asarray(prompts.input_ids, np.int32), 1, width, left=True, value=pad_token_id)
+    mask = _pad_to(np.asarray(prompts.attention_mask, np.int32), 1, width, left=True)
+    if prompts.pixel_values is None:
+        return ids, mask, None, None
+    pixels, grids = engine.per_row_images(
+        model_config, ids, np.asarray(prompts.pixel_values), np.asarray(prompts.image_grid_thw), ids.shape[0]
+    )
+    return ids, mask, pixels, grids
+
+
 class GRPOTrainer:
     """Runs GRPO steps for one stage: the learner's current weights sample, the rewards grade, the learner updates."""
 
@@ -185,9 +202,8 @@ class GRPOTrainer:
         """Rollout and scoring of one prompt batch (accumulating reward stats and timings)."""
         cfg = self.config
         start = time.perf_counter()
-        ids, mask = self._pad_prompts(prompts.input_ids, prompts.attention_mask)
         # One conversion to the per-row image layout serves both the sampler and (repeated n times) the learner.
-        pixels, grids = self._per_row_images(prompts, ids) if prompts.pixel_values is not None else (None, None)
+        ids, mask, pixels, grids = model_inputs(self.engine, self.learner.model_config, prompts, self.pad_token_id)
         out = self.engine.generate(
             self.learner.model(), ids, mask, pixel_values=pixels,
             image_grid_thw=grids, max_new_tokens=cfg.max_new_tokens, n=cfg.n,
@@ -237,18 +253,3 @@ class GRPOTrainer:
         metrics["response_length/max"] = float(rollouts.lengths.max())
         metrics["response_length/clip_ratio"] = float(np.mean(~finished))
         return metrics
-
-    def _pad_prompts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Left-pads prompts to the engine's prompt bucket, so the train step's shape is the same every step."""
-        width = bucket(input_ids.shape[1], self.engine.config.prompt_buckets)
-        return (
-            _pad_to(np.asarray(input_ids, np.int32), 1, width, left=True, value=self.pad_token_id),
-            _pad_to(np.asarray(attention_mask, np.int32), 1, width, left=True),
-        )
-
-    def _per_row_images(self, prompts: PromptBatch, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The prompts' images in the per-row layout, padded to the engine's buckets."""
-        return self.engine.per_row_images(
-            self.learner.model_config, input_ids, np.asarray(prompts.pixel_values),
-            np.asarray(prompts.image_grid_thw), input_ids.shape[0],
-        )  # fmt: skip

@@ -252,6 +252,7 @@ class Learner:
                 sums = {k: v * tokens for k, v in pg_metrics.items()}
                 sums["entropy"] = jnp.sum(entropy * mb.response_mask)
                 sums["kl_token_mean"] = jnp.sum(losses.kl_penalty(log_probs, ref, cfg.kl_kind) * mb.response_mask)
+                sums["nll"] = -jnp.sum(log_probs * mb.response_mask)  # of the batch's tokens (the SFT loss)
                 return pg_loss + cfg.kl_coef * kl, (pg_loss, kl, sums, tokens)
 
             return jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -272,7 +273,7 @@ class Learner:
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             metric_keys = ("loss", "pg_loss", "kl_loss", "tokens", "pg_clipfrac_higher", "pg_clipfrac_lower",
-                           "ppo_kl", "entropy", "kl_token_mean")  # fmt: skip
+                           "ppo_kl", "entropy", "kl_token_mean", "nll")  # fmt: skip
             totals0 = {k: jnp.zeros((), jnp.float32) for k in metric_keys}
             (grads, totals), _ = jax.lax.scan(accumulate, (zeros, totals0), minibatch)
             grad_norm = optax.tree.norm(grads)

@@ -1,0 +1,53 @@
+"""Greedy evaluation of a model over a stream of prompt batches (held-out sets of a run, benchmark suites).
+
+Generation goes through the same `RolloutEngine` as training (greedy, one sample per prompt), so what is
+evaluated is exactly what the policy samples at temperature 0; scoring goes through the same reward functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from staged_vlm_jax.rl.grpo import PromptBatch, ScoreFn
+from staged_vlm_jax.rl.rollout import RolloutEngine
+
+
+def evaluate(
+    model: nnx.Module,
+    engine: RolloutEngine,
+    batches: Iterable[PromptBatch],
+    score: ScoreFn,
+    decode: Callable[[Sequence[int]], str],
+    *,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+) -> dict[str, float]:
+    """Mean score components (``accuracy``, ``format``, ``overall``, as fractions), mean ``response_length`` in
+    tokens and the number of ``examples`` over every prompt of ``batches``."""
+    totals: dict[str, float] = {}
+    lengths: list[np.ndarray] = []
+    for prompts in batches:
+        out = engine.generate(
+            model, prompts.input_ids, prompts.attention_mask, pixel_values=prompts.pixel_values,
+            image_grid_thw=prompts.image_grid_thw, max_new_tokens=max_new_tokens, greedy=True,
+            eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, rng=jax.random.key(0),
+        )  # fmt: skip
+        tokens, row_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        responses = [decode(row[: int(length)].tolist()) for row, length in zip(tokens, row_lengths, strict=True)]
+        scores, _ = score(responses, list(prompts.ground_truths))
+        for item in scores:
+            for key, value in item.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        lengths.append(row_lengths)
+    if not lengths:
+        raise ValueError("evaluate() got no prompt batches")
+    examples = int(sum(len(x) for x in lengths))
+    results = {key: value / examples for key, value in totals.items()}
+    results["response_length"] = float(np.concatenate(lengths).mean())
+    results["examples"] = examples
+    return results

@@ -1,0 +1,89 @@
+"""Supervised fine-tuning stage: the paper's caption-SFT ablation and the CPU testbed's warm start.
+
+SFT runs through the very `Learner.train_step` GRPO uses (same jitted program, shardings, micro-batching,
+frozen-parameter mask and NaN guard), with the objective reduced to negative log-likelihood: with advantage 1
+and old log-probs equal to the current weights' own (the learner's first mini-batch), the ratio is
+exp(logp − sg(logp)) ≡ 1, nothing clips, and the token-mean loss −ratio has gradient −∇ logp / tokens — exactly
+the token-mean NLL gradient. `sft_learner_config` pins what makes that exact (one mini-batch, no KL,
+token-mean); the learner's ``nll`` metric is the SFT loss.
+
+Targets are ``response_template.format(answer=row answer)`` followed by EOS, so a row's answer field can hold a
+caption (caption SFT) or a final answer that the template wraps in the paper's ``<think>…</think> \\boxed{}``
+format (warm start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from transformers import PreTrainedTokenizerFast
+
+from staged_vlm_jax.rl.grpo import PromptBatch, model_inputs
+from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch
+from staged_vlm_jax.rl.rollout import RolloutEngine, bucket
+
+
+def sft_learner_config(config: LearnerConfig) -> LearnerConfig:
+    """``config`` with the settings under which the policy-gradient step is an NLL step (module docstring)."""
+    return dataclasses.replace(config, num_minibatches=1, kl_coef=0.0, loss_type="grpo", loss_agg="token-mean")
+
+
+def response_tokens(
+    tokenizer: PreTrainedTokenizerFast, texts: list[str], eos_token_id: int, pad_token_id: int, buckets
+) -> tuple[np.ndarray, np.ndarray]:
+    """Target ids (text + EOS) right-padded to a bucket, and their mask, both [B, L]."""
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_token_id] for text in texts]
+    width = bucket(max(len(row) for row in ids), buckets)
+    tokens = np.full((len(ids), width), pad_token_id, np.int32)
+    mask = np.zeros((len(ids), width), np.int32)
+    for row, target in enumerate(ids):
+        tokens[row, : len(target)] = target
+        mask[row, : len(target)] = 1
+    return tokens, mask
+
+
+class SFTTrainer:
+    """Runs SFT steps: prompt batch -> templated targets -> one learner update."""
+
+    def __init__(
+        self,
+        learner: Learner,
+        engine: RolloutEngine,
+        tokenizer: PreTrainedTokenizerFast,
+        response_template: str,
+        *,
+        eos_token_id: int,
+        pad_token_id: int,
+    ):
+        if learner.config != sft_learner_config(learner.config):
+            raise ValueError("the SFT learner needs sft_learner_config(...): one mini-batch, no KL, token-mean")
+        self.learner, self.engine, self.tokenizer = learner, engine, tokenizer
+        self.response_template = response_template
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+
+    def batch(self, prompts: PromptBatch) -> TrainBatch:
+        ids, mask, pixels, grids = model_inputs(self.engine, self.learner.model_config, prompts, self.pad_token_id)
+        targets = [self.response_template.format(answer=answer) for answer in prompts.ground_truths]
+        tokens, response_mask = response_tokens(
+            self.tokenizer, targets, self.eos_token_id, self.pad_token_id, self.engine.config.new_token_buckets
+        )
+        return TrainBatch(
+            input_ids=np.concatenate([ids, tokens], axis=1),
+            attention_mask=np.concatenate([mask, response_mask], axis=1),
+            response_mask=response_mask,
+            advantages=np.ones((ids.shape[0],), np.float32),
+            pixel_values=pixels,
+            image_grid_thw=grids,
+        )
+
+    def step(self, prompts: PromptBatch) -> dict[str, float]:
+        start = time.perf_counter()
+        batch = self.batch(prompts)
+        metrics = {k: float(v) for k, v in self.learner.train_step(batch).items()}
+        elapsed = time.perf_counter() - start
+        metrics["time/train_s"] = elapsed
+        metrics["response_length/mean"] = float(batch.response_mask.sum(1).mean())
+        metrics["tokens/s"] = float(batch.response_mask.sum()) / max(elapsed, 1e-9)
+        return metrics

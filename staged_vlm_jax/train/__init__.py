@@ -1,0 +1,1 @@
+"""Staged training: the stage loop, checkpoints, metrics and plots."""

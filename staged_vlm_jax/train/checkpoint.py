@@ -1,0 +1,118 @@
+"""Orbax checkpoints of a staged run: everything needed to continue bit-exactly, in three items.
+
+* ``model``: the full model state (trainable and frozen parts merged) — all that `staged-vlm export` and the
+  next stage need, restorable without building an optimizer;
+* ``optimizer``: the stage's optimizer state, KL-reference weights (the stage's initial trainable weights, which
+  cannot be recomputed mid-stage), update and skipped-update counters;
+* ``meta`` (JSON): stage index and name, stage step, whether the stage is finished, the global step, the run
+  seed (every step's RNG key is ``fold_in(key(seed), global_step)``, so the step *is* the RNG state), the
+  prompt iterator's Grain state, the evaluations so far, and the config hash.
+
+Saves are asynchronous (training continues while Orbax writes) and atomic (a kill mid-save leaves no
+checkpoint, the previous one stays the latest). Periodic checkpoints keep the latest ``keep``; stage-end
+checkpoints are kept always, so any stage's final weights can be exported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from staged_vlm_jax.rl.learner import Learner
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint that does not fit the model or config it is restored into; the message names both."""
+
+
+def _abstract(tree):
+    """Shape/dtype/sharding structs of ``tree``: the target Orbax restores into (placed as the live arrays are)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+    """A run's checkpoint directory (an Orbax CheckpointManager keyed by global step)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep: int,
+        stage_end_steps: tuple[int, ...],
+        async_save: bool,
+        read_only: bool = False,
+    ):
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [ocp.checkpoint_managers.LatestN(keep), ocp.checkpoint_managers.CustomSteps(list(stage_end_steps))]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, enable_async_checkpointing=async_save, read_only=read_only
+        )
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, global_step: int, learner: Learner, meta: dict[str, Any]) -> None:
+        state = learner.state
+        optimizer = {
+            "opt_state": state.opt_state,
+            "ref_params": state.ref_params,
+            "step": state.step,
+            "skipped_updates": state.skipped_updates,
+        }
+        self.manager.save(
+            global_step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardSave(nnx.merge_state(state.params, state.frozen)),
+                optimizer=ocp.args.StandardSave(optimizer),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+
+    def meta(self, global_step: int) -> dict[str, Any]:
+        return self.manager.restore(global_step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_model(self, global_step: int, model: nnx.Module) -> nnx.Module:
+        """``model`` (any module of the run's architecture, e.g. abstract) with the checkpoint's weights."""
+        graphdef, state = nnx.split(model)
+        try:
+            restored = self.manager.restore(
+                global_step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(state)))
+            )["model"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise IncompatibleCheckpointError(
+                f"{self.directory}/{global_step}: the checkpoint's weights do not fit the configured model ({error})"
+            ) from error
+        return nnx.merge(graphdef, restored)
+
+    def restore_optimizer(self, global_step: int, learner: Learner) -> None:
+        """Puts the checkpoint's optimizer state, reference weights and counters into ``learner.state``."""
+        state = learner.state
+        target = {"opt_state": state.opt_state, "ref_params": state.ref_params, "step": state.step,
+                  "skipped_updates": state.skipped_updates}  # fmt: skip
+        try:
+            restored = self.manager.restore(
+                global_step, args=ocp.args.Composite(optimizer=ocp.args.StandardRestore(_abstract(target)))
+            )["optimizer"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise IncompatibleCheckpointError(
+                f"{self.directory}/{global_step}: the checkpoint's optimizer state does not fit this stage's "
+                f"trainable parameters ({error})"
+            ) from error
+        learner.state = state.replace(**restored)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,280 @@
+"""The run config: an ml-collections ConfigDict checked into typed, frozen specs, with one-line errors.
+
+A run config (``configs/*.py``'s ``get_config()``) is plain data: the model, the data sources, the objective
+(``learner``: `LearnerConfig` fields), the sampler (``rollout``: `GRPOConfig` fields; ``engine``: the rollout
+engine's `RolloutConfig` buckets), the reward, a table of named ``stages`` and the ``schedule`` that runs them in
+order, evaluation and checkpointing. `resolve` turns it into a `RunSpec`, rejecting any key it does not know
+with the dotted path and the closest valid name — a typo never silently becomes a default. Paths may contain
+``{workdir}``.
+
+Two configs are the same run iff their `canonical` JSON is equal; `config_differences` names the keys that
+differ (what a resume refuses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from staged_vlm_jax.rl.grpo import GRPOConfig
+from staged_vlm_jax.rl.learner import LearnerConfig
+from staged_vlm_jax.rl.rollout import RolloutConfig
+
+STAGE_KINDS = ("grpo", "sft")
+# The SFT warm start's target: the paper's response format around the row's answer.
+DEFAULT_SFT_TEMPLATE = "<think> Let me look at the problem. </think> The answer is \\boxed{{{answer}}}."
+
+
+class ConfigKeyError(ValueError):
+    """A config key that is unknown, missing or has an invalid value; the message names its dotted path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """A data file: ``path`` (jsonl/json/parquet/tsv/array_record dir), its capability, and the images' root."""
+
+    path: str
+    capability: str
+    image_root: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """Synthetic data written into the workdir before training (the CPU testbed); 0 rows writes nothing."""
+
+    train_rows: int = 0
+    eval_rows: int = 0
+    image_size: int = 112
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Sources by name (stages refer to them), prompt length and buckets, image pixel budget, loading policy."""
+
+    sources: dict[str, SourceSpec] = dataclasses.field(default_factory=dict)
+    synthetic: SyntheticSpec = SyntheticSpec()
+    max_prompt_length: int = 2048
+    prompt_buckets: tuple[int, ...] = (256, 512, 1024, 2048)
+    min_pixels: int = 512 * 512
+    max_pixels: int = 2048 * 2048
+    image_backend: str = "pil"
+    worker_threads: int = 0
+    on_error: str = "raise"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """``path``: a local HF directory; empty = random init of the family's tiny config with ``tiny`` overrides.
+    ``tokenizer``: a local tokenizer directory; empty = the model's; "tiny" = the offline tiny BPE."""
+
+    family: str = "qwen2_5_vl"
+    path: str = ""
+    dtype: str = "float32"
+    tokenizer: str = ""
+    tiny: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    """A registered reward (`rewards.REWARDS`) scored in ``num_workers`` processes with a per-item timeout."""
+
+    name: str = "math"
+    num_workers: int = 4
+    timeout_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One stage: its kind (GRPO or SFT), data (source name -> repeats per epoch), length, parameters to train,
+    and overrides of the run's ``learner`` / ``rollout`` / ``reward`` sections.
+
+    ``steps`` 0 derives the step count from the data: Σ over sources of ⌊repeat · epochs · rows / batch_size⌋,
+    which is why a merged stage (every source once, repeated its stage's epochs) has the staged run's step count.
+    """
+
+    data: dict[str, int]
+    batch_size: int
+    kind: str = "grpo"
+    epochs: int = 1
+    steps: int = 0
+    order: str = "shuffle"
+    drop_solved: bool = False
+    trainable: tuple[str, ...] = (r".*",)
+    learner: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rollout: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reward: dict[str, Any] = dataclasses.field(default_factory=dict)
+    response_template: str = DEFAULT_SFT_TEMPLATE
+    evaluate: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """Held-out sets evaluated greedily before training (``before_training``) and after each stage."""
+
+    sources: dict[str, SourceSpec] = dataclasses.field(default_factory=dict)
+    batch_size: int = 16
+    max_new_tokens: int = 0  # 0: the run's rollout.max_new_tokens
+    before_training: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    """Orbax checkpoints every ``every_steps`` optimizer steps and at every stage end; the latest ``keep`` of the
+    periodic ones are kept, stage ends always."""
+
+    every_steps: int = 50
+    keep: int = 2
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A whole run, resolved: every section typed and validated."""
+
+    stages: dict[str, StageSpec]
+    schedule: tuple[str, ...]
+    seed: int = 0
+    model: ModelSpec = ModelSpec()
+    mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    data: DataSpec = DataSpec()
+    engine: RolloutConfig = RolloutConfig()
+    rollout: GRPOConfig = GRPOConfig()
+    learner: LearnerConfig = LearnerConfig()
+    reward: RewardSpec = RewardSpec()
+    eval: EvalSpec = EvalSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    compilation_cache: str = "{workdir}/jax_cache"
+
+    def stage_learner(self, name: str) -> LearnerConfig:
+        stage = self.stages[name]
+        return build_over(self.learner, {"trainable": stage.trainable, **stage.learner}, f"stages.{name}.learner")
+
+    def stage_rollout(self, name: str) -> GRPOConfig:
+        return build_over(self.rollout, self.stages[name].rollout, f"stages.{name}.rollout")
+
+    def stage_reward(self, name: str) -> RewardSpec:
+        return build_over(self.reward, self.stages[name].reward, f"stages.{name}.reward")
+
+
+def _unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigKeyError:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f"; did you mean {where}.{close[0]}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigKeyError(f"{where}.{key}: unknown config key{hint}")
+
+
+def _convert(kind: Any, value: Any, where: str) -> Any:
+    """``value`` as the annotated type ``kind``: nested dataclasses built strictly, sequences as tuples."""
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, where)
+    if origin is dict:
+        _, item_kind = typing.get_args(kind)
+        if not isinstance(value, Mapping):
+            raise ConfigKeyError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _convert(item_kind, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple and value is not None:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+def build(cls: type, value: Mapping[str, Any], where: str):
+    """``cls(**value)`` with every key checked: unknown keys and missing required ones raise `ConfigKeyError`."""
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    if not isinstance(value, Mapping):
+        raise ConfigKeyError(f"{where}: expected a mapping of {cls.__name__} fields, got {value!r}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields:
+            raise _unknown_key(key, fields, where)
+    missing = [
+        name
+        for name, field in fields.items()
+        if name not in value and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigKeyError(f"{where}.{missing[0]}: required config key is missing")
+    hints = typing.get_type_hints(cls)
+    try:
+        return cls(**{key: _convert(hints[key], item, f"{where}.{key}") for key, item in value.items()})
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigKeyError):
+            raise
+        raise ConfigKeyError(f"{where}: {error}") from error
+
+
+def build_over(base, overrides: Mapping[str, Any], where: str):
+    """``base`` (a dataclass instance) with ``overrides`` applied, keys checked as in `build`."""
+    return build(type(base), {**dataclasses.asdict(base), **overrides}, where)
+
+
+def _with_workdir(value: Any, workdir: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{workdir}", workdir)
+    if isinstance(value, dict):
+        return {k: _with_workdir(v, workdir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_workdir(v, workdir) for v in value]
+    return value
+
+
+def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path) -> RunSpec:
+    """The typed run of ``config`` (``{workdir}`` substituted), with every cross-reference checked."""
+    raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    spec: RunSpec = build(RunSpec, _with_workdir(raw, str(workdir)), "config")
+    if not spec.schedule:
+        raise ConfigKeyError("config.schedule: empty; list the stages to run, in order")
+    for name in spec.schedule:
+        if name not in spec.stages:
+            raise _unknown_key(name, spec.stages, "config.stages")
+        stage = spec.stages[name]
+        where = f"config.stages.{name}"
+        if stage.kind not in STAGE_KINDS:
+            raise ConfigKeyError(f"{where}.kind: {stage.kind!r} is not one of {STAGE_KINDS}")
+        for source in stage.data:
+            if source not in spec.data.sources:
+                raise _unknown_key(source, spec.data.sources, f"{where}.data (config.data.sources)")
+        if stage.batch_size < 1 or stage.epochs < 1 or stage.steps < 0:
+            raise ConfigKeyError(f"{where}: batch_size and epochs must be >= 1 and steps >= 0")
+        # Overrides are checked now, not when the stage starts hours later.
+        spec.stage_learner(name), spec.stage_rollout(name), spec.stage_reward(name)
+    if spec.checkpoint.every_steps < 1 or spec.checkpoint.keep < 1:
+        raise ConfigKeyError("config.checkpoint: every_steps and keep must be >= 1")
+    return spec
+
+
+def canonical(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+    """The config as sorted JSON: what config.json stores and what a resume compares."""
+    raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    return json.dumps(raw, sort_keys=True, indent=1, default=list)
+
+
+def config_hash(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs (JSON-normalised), sorted."""
+    saved_flat = _flatten(json.loads(json.dumps(saved, default=list)))
+    current_flat = _flatten(json.loads(json.dumps(current, default=list)))
+    return sorted(k for k in saved_flat.keys() | current_flat.keys() if saved_flat.get(k) != current_flat.get(k))

@@ -1,0 +1,125 @@
+"""Run configs as data: the paper's recipe and the CPU testbed, which the thin files in ``configs/`` return.
+
+Every function returns an ml-collections ConfigDict that `train.config.resolve` checks; the stage layouts
+(staged in any order, merged, difficulty-sorted) come from `data.curriculum`. Paths are config fields, so a
+real run is ``--config configs/qwen2_5_vl_7b_staged.py --config.model.path=/ckpt/Qwen2.5-VL-7B-Instruct
+--config.data.sources.perception.path=/data/perception.jsonl ...``.
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from staged_vlm_jax.data import curriculum
+from staged_vlm_jax.train.config import DEFAULT_SFT_TEMPLATE
+
+CAPABILITY_STAGES = ("perception", "text_reasoning", "visual_reasoning")
+# Trainable-parameter regexes: everything, or the language model and head with the vision tower (incl. its
+# merger, as EasyR1's freeze_vision_tower) frozen.
+ALL_PARAMETERS = (r".*",)
+VISION_FROZEN = (r"^(?!visual\.)",)
+
+
+def _stage(data: dict[str, int], batch_size: int, epochs: int, trainable: tuple[str, ...], **fields) -> ConfigDict:
+    """A stage with every optional key present, so command-line overrides of any of them type-check."""
+    stage = dict(kind="grpo", data=data, batch_size=batch_size, epochs=epochs, steps=0, order="shuffle",
+                 drop_solved=False, trainable=trainable, learner={}, rollout={}, reward={}, evaluate=True,
+                 response_template=DEFAULT_SFT_TEMPLATE)  # fmt: skip
+    return ConfigDict({**stage, **fields})
+
+
+def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
+    """The paper's staged recipe (EasyR1 GRPO, Table 1): perception → text reasoning → visual reasoning.
+
+    512 prompts per step, n = 5, 4 mini-batch updates, k3 KL 1e-2 against each stage's initial weights, clip
+    0.2/0.3 + dual clip 3, AdamW 1e-6, prompts ≤ 2048 and responses ≤ 2048 tokens, images 512²–2048², epochs
+    16/15/15, vision tower trainable in stages 1 and 3, frozen in 2. Data paths are placeholders to override.
+    """
+    c = ConfigDict()
+    c.seed = 0
+    c.model = dict(family=family, path=model_path, dtype="bfloat16", tokenizer="", tiny={})
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)  # FSDP over every chip, as EasyR1's FSDP actor
+    c.data = dict(
+        sources={
+            "perception": dict(path="/data/staged_vlm/perception.jsonl", capability="perception", image_root=""),
+            "text_reasoning": dict(path="/data/staged_vlm/text_reasoning.jsonl", capability="text_reasoning",
+                                   image_root=""),
+            "visual_reasoning": dict(path="/data/staged_vlm/visual_reasoning.jsonl", capability="visual_reasoning",
+                                     image_root=""),
+        },
+        synthetic=dict(train_rows=0, eval_rows=0, image_size=112, seed=0),
+        max_prompt_length=2048, prompt_buckets=(512, 1024, 2048), min_pixels=512 * 512, max_pixels=2048 * 2048,
+        image_backend="pil", worker_threads=8, on_error="raise",
+    )  # fmt: skip
+    c.engine = dict(prompt_buckets=(512, 1024, 2048), new_token_buckets=(512, 1024, 2048))
+    c.rollout = dict(n=5, max_new_tokens=2048, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
+    c.learner = dict(learning_rate=1e-6, weight_decay=1e-2, max_grad_norm=1.0, num_minibatches=4,
+                     micro_batch_size=256, loss_type="grpo", loss_agg="token-mean", clip_low=0.2, clip_high=0.3,
+                     clip_dual=3.0, kl_coef=1e-2, kl_kind="k3", warmup_steps=0)  # fmt: skip
+    c.reward = dict(name="math", num_workers=16, timeout_s=5.0)
+    c.stages = dict(
+        perception=_stage({"perception": 1}, 512, 16, ALL_PARAMETERS),
+        text_reasoning=_stage({"text_reasoning": 1}, 512, 15, VISION_FROZEN),
+        visual_reasoning=_stage({"visual_reasoning": 1}, 512, 15, ALL_PARAMETERS),
+    )
+    c.schedule = CAPABILITY_STAGES
+    # Held-out sets are optional here (the paper evaluates with VLMEvalKit afterwards): add data.sources-style
+    # entries, e.g. --config.eval.sources.geometry3k=..., to track them after each stage.
+    c.eval = dict(sources={}, batch_size=256, max_new_tokens=2048, before_training=False)
+    c.checkpoint = dict(every_steps=25, keep=2, async_save=True)
+    c.compilation_cache = "{workdir}/jax_cache"
+    return c
+
+
+def merged(config: ConfigDict, names: tuple[str, ...] = CAPABILITY_STAGES, **overrides) -> ConfigDict:
+    """``config`` with ``names`` replaced by the paper's merged baseline: one stage over their union, shuffled,
+    same total steps, vision tower frozen (unless ``overrides`` say otherwise)."""
+    config.stages.merged = curriculum.merged(config.stages, names, **{"trainable": VISION_FROZEN, **overrides})
+    prefix = tuple(name for name in config.schedule if name not in names)
+    config.schedule = (*prefix, "merged")
+    return config
+
+
+def demo() -> ConfigDict:
+    """The CPU testbed: a ~1 M-parameter Qwen2.5-VL, synthetic data, an SFT warm start, then GRPO 1 → 2 → 3.
+
+    Same code path as the paper's recipe; the hyper-parameters are a tiny model's (larger learning rate and
+    group size, short responses). Runs in minutes on 2 CPU cores with nothing downloaded.
+    """
+    c = paper(model_path="", family="qwen2_5_vl")
+    c.model = dict(
+        family="qwen2_5_vl", path="", dtype="float32", tokenizer="tiny",
+        tiny=dict(vocab_size=512, text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                                            num_attention_heads=4, num_key_value_heads=2, mrope_section=(4, 6, 6)),
+                  vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128)),
+    )  # fmt: skip
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    for capability in CAPABILITY_STAGES:
+        c.data.sources[capability] = dict(path=f"{{workdir}}/data/train/{capability}.jsonl", capability=capability,
+                                          image_root="")  # fmt: skip
+    c.data.synthetic = dict(train_rows=512, eval_rows=64, image_size=56, seed=0)
+    c.data.max_prompt_length = 320
+    c.data.prompt_buckets = (192, 256, 320)
+    c.data.min_pixels, c.data.max_pixels = 56 * 56, 56 * 56
+    c.data.worker_threads = 0
+    c.engine = dict(prompt_buckets=(192, 256, 320), new_token_buckets=(32,), batch_buckets=(8, 16, 32, 64))
+    c.rollout = dict(n=8, max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
+    c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2)
+    c.reward = dict(name="math", num_workers=1, timeout_s=5.0)
+    c.stages = dict(
+        warm_start=_stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 1, ALL_PARAMETERS,
+                          kind="sft"),
+        perception=_stage({"perception": 1}, 8, 1, ALL_PARAMETERS),
+        text_reasoning=_stage({"text_reasoning": 1}, 8, 1, VISION_FROZEN),
+        visual_reasoning=_stage({"visual_reasoning": 1}, 8, 1, ALL_PARAMETERS),
+    )  # fmt: skip
+    c.stages.warm_start.learner = dict(learning_rate=2e-3)
+    c.schedule = ("warm_start", *CAPABILITY_STAGES)
+    c.eval = dict(
+        sources={f"heldout_{capability}": dict(path=f"{{workdir}}/data/eval/{capability}.jsonl",
+                                               capability=capability, image_root="")
+                 for capability in CAPABILITY_STAGES},
+        batch_size=64, max_new_tokens=32, before_training=False,
+    )  # fmt: skip
+    c.checkpoint = dict(every_steps=10, keep=2, async_save=True)
+    return c

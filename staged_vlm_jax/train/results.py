@@ -1,0 +1,44 @@
+"""results.md: a run's stages and its held-out evaluations after each stage, as Markdown tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.md"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
+
+
+def accuracy_table(evaluations: list[dict[str, Any]], sets: list[str], key: str = "accuracy") -> list[str]:
+    """One row per evaluation (after which stage), one column per held-out set plus their mean, in %."""
+    rows = []
+    for row in evaluations:
+        values = [100.0 * row[name][key] for name in sets]
+        cells = [f"{value:.1f}" for value in values] + [f"{sum(values) / len(values):.1f}"]
+        rows.append([row["after"], str(row["global_step"]), *cells])
+    return _table(["after", "step", *sets, "mean"], rows)
+
+
+def write_results(
+    workdir: str | Path, evaluations: list[dict[str, Any]], sets: list[str], plan: list[dict[str, Any]]
+) -> Path:
+    """Writes ``workdir/results.md``: the stage plan, held-out accuracy, format rate and response length."""
+    lines = ["# Results", "", f"Workdir: `{Path(workdir)}`", "", "## Stages", ""]
+    lines += _table(
+        ["#", "stage", "kind", "steps", "trainable"],
+        [[str(i + 1), p["stage"], p["kind"], str(p["steps"]), ", ".join(f"`{t}`" for t in p["trainable"])]
+         for i, p in enumerate(plan)],
+    )  # fmt: skip
+    if evaluations and sets:
+        lines += ["", "## Held-out accuracy (%, greedy)", "", *accuracy_table(evaluations, sets)]
+        lines += ["", "## Format reward (%)", "", *accuracy_table(evaluations, sets, "format")]
+        lengths = [[row["after"], *(f"{row[name]['response_length']:.1f}" for name in sets)] for row in evaluations]
+        lines += ["", "## Mean response length (tokens)", "", *_table(["after", *sets], lengths)]
+    path = Path(workdir) / RESULTS_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
