@@ -87,15 +87,19 @@ def load_config(config: str, overrides: Sequence[str]):
 
     from staged_vlm_jax.train.config import ConfigKeyError
 
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "run config", flag_values=values, lock_config=True)
     bad = [item for item in overrides if not item.startswith("--config.")]
     if bad:
         raise ConfigKeyError(f"unknown arguments {bad}; config overrides look like --config.rollout.n=8")
+    argv = ["staged-vlm", f"--config={config}", *overrides]
+    values = flags.FlagValues()
+    # sys_argv: the overrides are read from it (by default ml-collections reads the process's sys.argv).
+    config_flags.DEFINE_config_file("config", None, "run config", flag_values=values, lock_config=True, sys_argv=argv)
     try:
-        values(["staged-vlm", f"--config={config}", *overrides])
+        values(argv)
     except flags.Error as error:
         raise ConfigKeyError(" ".join(str(error).split())) from error
+    except (AttributeError, KeyError) as error:  # an override of a key the config does not have
+        raise ConfigKeyError(f"{' '.join(overrides)}: unknown config key {str(error).strip(chr(34))}") from error
     return values.config
 
 

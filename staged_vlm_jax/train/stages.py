@@ -100,6 +100,39 @@ def abstract_model(spec: config_lib.RunSpec) -> nnx.Module:
     return nnx.eval_shape(lambda: models.create(cfg, dtype=spec.model.dtype, seed=spec.seed))
 
 
+def data_source(spec: config_lib.RunSpec, name: str, repeat: int = 1) -> DataSource:
+    """The pipeline source of a ``data.sources`` or ``eval.sources`` entry."""
+    source = spec.data.sources.get(name) or spec.eval.sources[name]
+    return DataSource(source.path, source.capability, source.image_root or None, repeat=repeat)
+
+
+def plan_stages(spec: config_lib.RunSpec) -> list[StagePlan]:
+    """Every scheduled stage's step count — from the data sizes when not fixed (one cheap read of each file: images
+    stay unopened) — and its offset in the run's global steps."""
+    rows: dict[str, int] = {}
+    plans, total = [], 0
+    for index, name in enumerate(spec.schedule):
+        stage = spec.stages[name]
+        steps = stage.steps
+        if not steps:
+            for source_name in stage.data:
+                if source_name not in rows:
+                    source = data_source(spec, source_name)
+                    rows[source_name] = sum(
+                        1 for _ in read_rows(source.path, capability=source.capability, image_root=source.image_root,
+                                             on_error="skip", skipped=SkipCounter())
+                    )  # fmt: skip
+            steps = sum(repeat * stage.epochs * rows[s] // stage.batch_size for s, repeat in stage.data.items())
+            if steps < 1:
+                raise config_lib.ConfigKeyError(
+                    f"config.stages.{name}: its data ({', '.join(f'{s}: {rows[s]} rows' for s in stage.data)}) "
+                    f"fills no batch of batch_size {stage.batch_size}"
+                )
+        plans.append(StagePlan(index, name, stage, steps, total))
+        total += steps
+    return plans
+
+
 class StagedRun:
     """One run of a config in a workdir (see the module docstring); `run` trains to the end and returns the
     evaluations."""
@@ -123,7 +156,7 @@ class StagedRun:
             min_pixels=self.spec.data.min_pixels,
             max_pixels=self.spec.data.max_pixels,
         )
-        self.plan = self._plan()
+        self.plan = plan_stages(self.spec)
         self.checkpointer = Checkpointer(
             self.workdir / "checkpoints",
             keep=self.spec.checkpoint.keep,
@@ -157,33 +190,7 @@ class StagedRun:
         return load_tokenizer(model.tokenizer or model.path)
 
     def _source(self, name: str, repeat: int = 1) -> DataSource:
-        source = self.spec.data.sources.get(name) or self.spec.eval.sources[name]
-        return DataSource(source.path, source.capability, source.image_root or None, repeat=repeat)
-
-    def _plan(self) -> list[StagePlan]:
-        """Every stage's step count, from the data sizes when not fixed (one cheap read of each file)."""
-        rows: dict[str, int] = {}
-        plans, total = [], 0
-        for index, name in enumerate(self.spec.schedule):
-            stage = self.spec.stages[name]
-            steps = stage.steps
-            if not steps:
-                for source_name in stage.data:
-                    if source_name not in rows:
-                        source = self._source(source_name)
-                        rows[source_name] = sum(
-                            1 for _ in read_rows(source.path, capability=source.capability,
-                                                 image_root=source.image_root, on_error="skip", skipped=SkipCounter())
-                        )  # fmt: skip
-                steps = sum(repeat * stage.epochs * rows[s] // stage.batch_size for s, repeat in stage.data.items())
-                if steps < 1:
-                    raise ValueError(
-                        f"config.stages.{name}: its data ({', '.join(f'{s}: {rows[s]} rows' for s in stage.data)}) "
-                        f"fills no batch of batch_size {stage.batch_size}"
-                    )
-            plans.append(StagePlan(index, name, stage, steps, total))
-            total += steps
-        return plans
+        return data_source(self.spec, name, repeat)
 
     def _initial_model(self) -> nnx.Module:
         model = self.spec.model

@@ -83,8 +83,11 @@ def test_cli_convert_skips_bad_row_with_reason(tmp_path: Path, capsys: pytest.Ca
     summary = capsys.readouterr().out
     assert summary.startswith(f"wrote 3 rows to {out} (1 shard(s)); skipped 1 of 4 rows (missing_image: 1)")
     assert len(list(read_rows(out, capability="perception"))) == 3
-    with pytest.raises(DataError, match=re.escape(f"{jsonl}:4: images[0]: cannot open image")):
-        cli.main([*argv[:-1], str(tmp_path / "tfds_raise")])
+    # Without --on-error skip the bad row stops the command with one line naming the file, row and field.
+    assert cli.main([*argv[:-1], str(tmp_path / "tfds_raise")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"staged-vlm data: error: {jsonl}:4: images[0]: cannot open image")
+    assert error.count("\n") == 1
 
 
 def test_grain_reads_records_directly(tmp_path: Path) -> None:

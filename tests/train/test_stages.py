@@ -1,0 +1,193 @@
+"""End-to-end staged runs of tests/train/tiny_run.py through the real CLI: kill/resume exactness, per-stage
+freezing and KL reference, export, and the one-line errors of bad configs, paths and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from safetensors.numpy import load_file
+
+from staged_vlm_jax import cli
+from staged_vlm_jax.train.metrics import read_metrics
+
+CONFIG = str(Path(__file__).with_name("tiny_run.py"))
+REPO = Path(__file__).parents[2]
+# Wall-clock measurements differ between any two runs; every other metric must match exactly.
+WALL_CLOCK = ("time/", "tokens/s")
+
+
+def _env() -> dict[str, str]:
+    # One device, as `staged-vlm train` on a laptop; the shared compilation cache makes the repeated runs cheap.
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": str(REPO)}  # fmt: skip
+
+
+# The suite's persistent compilation cache (tests/conftest.py), for in-process and subprocess runs alike.
+CACHE = f"--config.compilation_cache={os.path.expanduser('~/.cache/staged_vlm_jax/jax_cache')}"
+
+
+def _train_command(workdir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "staged_vlm_jax", "train", "--config", CONFIG, "--workdir", str(workdir), CACHE,
+            *overrides]  # fmt: skip
+
+
+def _train(workdir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(_train_command(workdir, *overrides), env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith(WALL_CLOCK)} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    _train(workdir)
+    return workdir
+
+
+def _weights(workdir: Path, out: Path, step: int | None = None) -> dict[str, np.ndarray]:
+    assert cli.main(["export", "--checkpoint", str(workdir / "checkpoints"), "--out", str(out),
+                     *([] if step is None else ["--step", str(step)])]) == 0  # fmt: skip
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_run_writes_the_workdir(uninterrupted: Path) -> None:
+    rows = read_metrics(uninterrupted / "metrics.jsonl")
+    assert [row["global_step"] for row in rows] == list(range(1, 11))
+    assert [row["stage"] for row in rows] == ["warm_start"] * 2 + ["perception"] * 4 + ["text_reasoning"] * 2 + [
+        "visual_reasoning"
+    ] * 2
+    required = {"stage", "stage_step", "global_step", "reward/mean", "reward/accuracy", "reward/format",
+                "response_length/mean", "loss", "kl", "time/rollout_s", "time/train_s"}  # fmt: skip
+    assert all(required <= row.keys() for row in rows if row["stage"] != "warm_start")
+    assert all("nll" in row for row in rows)
+    evaluations = [json.loads(line) for line in (uninterrupted / "eval.jsonl").read_text().splitlines()]
+    assert [row["after"] for row in evaluations] == ["warm_start", "perception", "text_reasoning", "visual_reasoning"]
+    assert set(evaluations[0]) >= {"heldout_perception", "heldout_text_reasoning", "heldout_visual_reasoning"}
+    results = (uninterrupted / "results.md").read_text()
+    assert "| visual_reasoning | 10 |" in results
+    for name in ("config.json", "tensorboard", "plots/reward.png", "plots/response_length.png"):
+        assert (uninterrupted / name).exists(), name
+    # Stage ends are kept whatever keep= says: every stage's final weights stay exportable.
+    steps = [int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit()]
+    assert {2, 6, 8, 10} <= set(steps)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(workdir), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    # Global step 4 is the perception stage's periodic checkpoint (stage step 2 of 4): kill right after it lands.
+    deadline = time.monotonic() + 600
+    while not (workdir / "checkpoints" / "4").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(read_metrics(workdir / "metrics.jsonl"))
+    assert 4 <= killed_at < 10, killed_at
+    resumed = _train(workdir)
+    assert "stage 2/4 perception" in resumed.stderr
+    assert "stage 1/4 warm_start" not in resumed.stderr  # finished stages are not rerun
+
+    assert _deterministic(read_metrics(workdir / "metrics.jsonl")) == _deterministic(
+        read_metrics(uninterrupted / "metrics.jsonl")
+    )
+    assert (workdir / "eval.jsonl").read_text().count("\n") == 4
+    final = _weights(workdir, tmp_path / "resumed_hf")
+    expected = _weights(uninterrupted, tmp_path / "uninterrupted_hf")
+    assert final.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(final[name], expected[name], err_msg=name)
+
+
+def _raw_item(workdir: Path, step: int, item: str):
+    with ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+        return m.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item]
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    import jax
+
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.slow
+def test_frozen_vision_and_kl_reference_per_stage(uninterrupted: Path) -> None:
+    # Stage ends: warm_start 2, perception 6, text_reasoning 8 (vision frozen), visual_reasoning 10.
+    end = {step: _flat(_raw_item(uninterrupted, step, "model")) for step in (2, 6, 8, 10)}
+    vision = [k for k in end[6] if "'visual'" in k]
+    language = [k for k in end[6] if "'language_model'" in k]
+    assert vision and language
+    for key in vision:  # frozen through text_reasoning: bit-identical
+        np.testing.assert_array_equal(end[8][key], end[6][key], err_msg=key)
+    assert any(not np.array_equal(end[10][k], end[8][k]) for k in vision)  # trainable again in stage 3
+    assert any(not np.array_equal(end[8][k], end[6][k]) for k in language)
+    # The KL reference of each stage is the previous stage's final weights (trainable part).
+    for step, previous in ((6, 2), (8, 6), (10, 8)):
+        reference = _flat(_raw_item(uninterrupted, step, "optimizer")["ref_params"])
+        assert reference
+        for key, value in reference.items():
+            np.testing.assert_array_equal(value, end[previous][key], err_msg=f"step {step}: {key}")
+    text_reference = _flat(_raw_item(uninterrupted, 8, "optimizer")["ref_params"])
+    assert not any("'visual'" in key for key in text_reference)  # frozen: no optimizer state, no copy
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    assert cli.main([*argv, CACHE]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    return error
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_config(uninterrupted: Path, capsys) -> None:
+    error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(uninterrupted),
+                                     "--config.rollout.n=4", "--config.learner.learning_rate=0.1"])  # fmt: skip
+    assert "differing keys: learner.learning_rate, rollout.n" in error
+
+
+@pytest.mark.slow
+def test_incompatible_checkpoint_names_it(uninterrupted: Path, tmp_path: Path, capsys) -> None:
+    workdir = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(uninterrupted), str(workdir)], check=True)
+    error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(workdir), "--allow-config-change",
+                                     "--config.model.tiny.vocab_size=640"])  # fmt: skip
+    assert f"{workdir / 'checkpoints'}/10: the checkpoint's weights do not fit the configured model" in error
+
+
+def test_config_typo_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
+    error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.rollout.nn=4"])
+    assert "rollout.nn" in error
+    typo = tmp_path / "typo.py"
+    typo.write_text(f"import runpy\n\ndef get_config():\n    c = runpy.run_path({CONFIG!r})['get_config']()\n"
+                    "    c.stages.perception.epoch = 3\n    return c\n")  # fmt: skip
+    error = _one_line_error(capsys, ["train", "--config", str(typo), "--workdir", str(tmp_path / "w")])
+    assert "config.stages.perception.epoch: unknown config key; did you mean config.stages.perception.epochs?" in error
+
+
+def test_missing_paths_are_one_line_naming_them(tmp_path: Path, capsys) -> None:
+    base = ["train", "--config", CONFIG, "--config.data.synthetic.train_rows=0"]
+    missing = tmp_path / "nowhere" / "perception.jsonl"
+    error = _one_line_error(capsys, [*base, "--workdir", str(tmp_path / "a"),
+                                     f"--config.data.sources.perception.path={missing}"])  # fmt: skip
+    assert str(missing) in error
+    model = tmp_path / "no_model"
+    error = _one_line_error(capsys, [*base, "--workdir", str(tmp_path / "b"), f"--config.model.path={model}",
+                                     f"--config.model.tokenizer={model}"])  # fmt: skip
+    assert str(model) in error
