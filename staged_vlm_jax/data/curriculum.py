@@ -44,7 +44,12 @@ def _pass_rates(rows: grain.MapDataset) -> np.ndarray:
         example: Example = rows[index]
         if example.pass_rate is None:
             where = example.location if example.location is not None else f"example {example.id!r}"
-            raise DataError(where, "pass_rate", "is missing; order='difficulty' and drop_solved sort by it")
+            raise DataError(
+                where,
+                "pass_rate",
+                "is missing; order='difficulty' and drop_solved sort by it",
+                reason="missing_pass_rate",
+            )
         rates.append(example.pass_rate)
     return np.asarray(rates, np.float64)
 

@@ -34,6 +34,15 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape; NNX variables and their stored form (a dict with "value") get the same name."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    part = lambda key: str(next((getattr(key, a) for a in ("key", "idx", "name") if hasattr(key, a)), key))
+    names = [[p for p in map(part, path) if p] for path, _ in leaves]
+    return {".".join(name[:-1] if name[-1] == "value" else name): tuple(leaf.shape)
+            for name, (_, leaf) in zip(names, leaves, strict=True)}  # fmt: skip
+
+
 class Checkpointer:
     """A run's checkpoint directory (an Orbax CheckpointManager keyed by global step)."""
 
@@ -53,7 +62,9 @@ class Checkpointer:
             preservation_policy=policy, enable_async_checkpointing=async_save, read_only=read_only
         )
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {"model": ocp.StandardCheckpointHandler(), "optimizer": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}  # fmt: skip
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -82,33 +93,32 @@ class Checkpointer:
     def meta(self, global_step: int) -> dict[str, Any]:
         return self.manager.restore(global_step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+    def _restore(self, global_step: int, item: str, target, what: str):
+        """Restores ``item`` into ``target``'s structure, after checking the stored shapes name for name (Orbax's
+        own errors on a mismatch are long and name neither the file nor the parameter)."""
+        stored = _shapes(self.manager.item_metadata(global_step)[item])
+        expected = _shapes(target)
+        for name in sorted(stored.keys() | expected.keys()):
+            if stored.get(name) != expected.get(name):
+                raise IncompatibleCheckpointError(
+                    f"{self.directory}/{global_step}: the checkpoint's {item} does not fit {what}: {name} is "
+                    f"{stored.get(name, 'absent')} in the checkpoint and {expected.get(name, 'absent')} in the model"
+                )
+        restored = self.manager.restore(global_step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(
+            _abstract(target))}))  # fmt: skip
+        return restored[item]
+
     def restore_model(self, global_step: int, model: nnx.Module) -> nnx.Module:
         """``model`` (any module of the run's architecture, e.g. abstract) with the checkpoint's weights."""
         graphdef, state = nnx.split(model)
-        try:
-            restored = self.manager.restore(
-                global_step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(state)))
-            )["model"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise IncompatibleCheckpointError(
-                f"{self.directory}/{global_step}: the checkpoint's weights do not fit the configured model ({error})"
-            ) from error
-        return nnx.merge(graphdef, restored)
+        return nnx.merge(graphdef, self._restore(global_step, "model", state, "the configured model"))
 
     def restore_optimizer(self, global_step: int, learner: Learner) -> None:
         """Puts the checkpoint's optimizer state, reference weights and counters into ``learner.state``."""
         state = learner.state
         target = {"opt_state": state.opt_state, "ref_params": state.ref_params, "step": state.step,
                   "skipped_updates": state.skipped_updates}  # fmt: skip
-        try:
-            restored = self.manager.restore(
-                global_step, args=ocp.args.Composite(optimizer=ocp.args.StandardRestore(_abstract(target)))
-            )["optimizer"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise IncompatibleCheckpointError(
-                f"{self.directory}/{global_step}: the checkpoint's optimizer state does not fit this stage's "
-                f"trainable parameters ({error})"
-            ) from error
+        restored = self._restore(global_step, "optimizer", target, "this stage's trainable parameters")
         learner.state = state.replace(**restored)
 
     def wait(self) -> None:

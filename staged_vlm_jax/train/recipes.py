@@ -20,7 +20,7 @@ ALL_PARAMETERS = (r".*",)
 VISION_FROZEN = (r"^(?!visual\.)",)
 
 
-def _stage(data: dict[str, int], batch_size: int, epochs: int, trainable: tuple[str, ...], **fields) -> ConfigDict:
+def stage(data: dict[str, int], batch_size: int, epochs: int, trainable: tuple[str, ...], **fields) -> ConfigDict:
     """A stage with every optional key present, so command-line overrides of any of them type-check."""
     stage = dict(kind="grpo", data=data, batch_size=batch_size, epochs=epochs, steps=0, order="shuffle",
                  drop_solved=False, trainable=trainable, learner={}, rollout={}, reward={}, evaluate=True,
@@ -58,9 +58,9 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
                      clip_dual=3.0, kl_coef=1e-2, kl_kind="k3", warmup_steps=0)  # fmt: skip
     c.reward = dict(name="math", num_workers=16, timeout_s=5.0)
     c.stages = dict(
-        perception=_stage({"perception": 1}, 512, 16, ALL_PARAMETERS),
-        text_reasoning=_stage({"text_reasoning": 1}, 512, 15, VISION_FROZEN),
-        visual_reasoning=_stage({"visual_reasoning": 1}, 512, 15, ALL_PARAMETERS),
+        perception=stage({"perception": 1}, 512, 16, ALL_PARAMETERS),
+        text_reasoning=stage({"text_reasoning": 1}, 512, 15, VISION_FROZEN),
+        visual_reasoning=stage({"visual_reasoning": 1}, 512, 15, ALL_PARAMETERS),
     )
     c.schedule = CAPABILITY_STAGES
     # Held-out sets are optional here (the paper evaluates with VLMEvalKit afterwards): add data.sources-style
@@ -107,11 +107,11 @@ def demo() -> ConfigDict:
     c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2)
     c.reward = dict(name="math", num_workers=1, timeout_s=5.0)
     c.stages = dict(
-        warm_start=_stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 1, ALL_PARAMETERS,
+        warm_start=stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 1, ALL_PARAMETERS,
                           kind="sft"),
-        perception=_stage({"perception": 1}, 8, 1, ALL_PARAMETERS),
-        text_reasoning=_stage({"text_reasoning": 1}, 8, 1, VISION_FROZEN),
-        visual_reasoning=_stage({"visual_reasoning": 1}, 8, 1, ALL_PARAMETERS),
+        perception=stage({"perception": 1}, 8, 1, ALL_PARAMETERS),
+        text_reasoning=stage({"text_reasoning": 1}, 8, 1, VISION_FROZEN),
+        visual_reasoning=stage({"visual_reasoning": 1}, 8, 1, ALL_PARAMETERS),
     )  # fmt: skip
     c.stages.warm_start.learner = dict(learning_rate=2e-3)
     c.schedule = ("warm_start", *CAPABILITY_STAGES)

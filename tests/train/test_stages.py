@@ -168,7 +168,8 @@ def test_incompatible_checkpoint_names_it(uninterrupted: Path, tmp_path: Path, c
     subprocess.run(["cp", "-r", str(uninterrupted), str(workdir)], check=True)
     error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(workdir), "--allow-config-change",
                                      "--config.model.tiny.vocab_size=640"])  # fmt: skip
-    assert f"{workdir / 'checkpoints'}/10: the checkpoint's weights do not fit the configured model" in error
+    assert f"{workdir / 'checkpoints'}/10: the checkpoint's model does not fit the configured model: " in error
+    assert "language_model.embed_tokens.weight is (512, 64) in the checkpoint and (640, 64) in the model" in error
 
 
 def test_config_typo_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:

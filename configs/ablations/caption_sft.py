@@ -1,0 +1,18 @@
+"""Ablation: Stage 1 is supervised fine-tuning on detailed captions (DOCCI) instead of perception RL, then GRPO
+text reasoning -> visual reasoning. Caption rows use the EasyR1 schema with the caption as ``answer`` (e.g.
+problem "<image>Describe this image in detail."); the target is the caption itself. The paper used LLaMA-Factory
+full SFT without stating its hyper-parameters here: 1 epoch at lr 1e-5 is a starting point to override."""
+
+from staged_vlm_jax.train import recipes
+
+
+def get_config():
+    config = recipes.paper(model_path="/ckpt/Qwen2.5-VL-7B-Instruct")
+    config.data.sources.captions = dict(path="/data/staged_vlm/docci_captions.jsonl", capability="perception",
+                                        image_root="")  # fmt: skip
+    config.stages.caption_sft = recipes.stage(
+        {"captions": 1}, 128, 1, recipes.ALL_PARAMETERS, kind="sft", response_template="{answer}",
+        learner={"learning_rate": 1e-5},
+    )  # fmt: skip
+    config.schedule = ("caption_sft", "text_reasoning", "visual_reasoning")
+    return config

@@ -1,0 +1,122 @@
+"""Run configs: every shipped config builds and resolves, typos are named, staged and merged layouts of the same
+data plan the same number of optimizer steps, and resumes compare configs key by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from staged_vlm_jax.cli import load_config
+from staged_vlm_jax.data.synthetic import write_synthetic
+from staged_vlm_jax.train import config as config_lib
+from staged_vlm_jax.train import recipes
+from staged_vlm_jax.train.stages import plan_stages
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.py"))
+
+
+def test_configs_are_found() -> None:
+    names = {path.stem for path in CONFIGS}
+    assert {"demo", "demo_merged", "qwen2_5_vl_7b_staged", "qwen2_5_vl_7b_merged", "reverse_321",
+            "perception_then_visual", "text_then_visual", "caption_sft", "difficulty",
+            "capability_x_difficulty"} <= names  # fmt: skip
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
+def test_every_config_builds_and_resolves(path: Path, tmp_path: Path) -> None:
+    spec = config_lib.resolve(load_config(str(path), []), tmp_path)
+    assert spec.schedule and all(name in spec.stages for name in spec.schedule)
+    for name in spec.schedule:
+        learner = spec.stage_learner(name)
+        # The paper's rule: the vision tower trains in perception / visual-reasoning stages only when staged.
+        if name == "text_reasoning" or name == "merged":
+            assert learner.trainable == recipes.VISION_FROZEN
+
+
+def test_paper_recipe_values() -> None:
+    spec = config_lib.resolve(load_config("configs/qwen2_5_vl_7b_staged.py", []), "/w")
+    assert spec.schedule == ("perception", "text_reasoning", "visual_reasoning")
+    assert [spec.stages[name].epochs for name in spec.schedule] == [16, 15, 15]
+    assert {spec.stages[name].batch_size for name in spec.schedule} == {512}
+    assert spec.rollout.n == 5 and spec.rollout.max_new_tokens == 2048 and spec.data.max_prompt_length == 2048
+    learner = spec.learner
+    assert (learner.learning_rate, learner.kl_coef, learner.kl_kind, learner.num_minibatches) == (1e-6, 1e-2, "k3", 4)
+    assert (learner.clip_low, learner.clip_high, learner.clip_dual, learner.loss_agg) == (0.2, 0.3, 3.0, "token-mean")
+    assert (spec.data.min_pixels, spec.data.max_pixels) == (512 * 512, 2048 * 2048)
+    assert spec.stage_learner("perception").trainable == recipes.ALL_PARAMETERS
+
+
+def test_unknown_keys_are_named_with_a_suggestion(tmp_path: Path) -> None:
+    config = recipes.demo()
+    config.stages.perception.epoch = 3
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.perception\.epoch: unknown config key; "
+                       r"did you mean config\.stages\.perception\.epochs\?$"):  # fmt: skip
+        config_lib.resolve(config, tmp_path)
+    config = recipes.demo()
+    config.stages.perception.learner = {"learning_rat": 1e-3}
+    with pytest.raises(config_lib.ConfigKeyError, match=r"stages\.perception\.learner\.learning_rat: .*learning_rate"):
+        config_lib.resolve(config, tmp_path)
+    config = recipes.demo()
+    config.schedule = ("warm_start", "perceptoin")
+    with pytest.raises(config_lib.ConfigKeyError, match=r"config\.stages\.perceptoin: .*perception"):
+        config_lib.resolve(config, tmp_path)
+    config = recipes.demo()
+    config.stages.perception.data = {"perception_v2": 1}
+    with pytest.raises(config_lib.ConfigKeyError, match=r"stages\.perception\.data \(config\.data\.sources\)"):
+        config_lib.resolve(config, tmp_path)
+
+
+def test_override_typos_are_named() -> None:
+    with pytest.raises(config_lib.ConfigKeyError, match=r"--config\.rollout\.nn=8: unknown config key 'nn'"):
+        load_config("configs/demo.py", ["--config.rollout.nn=8"])
+    with pytest.raises(config_lib.ConfigKeyError, match="unknown arguments"):
+        load_config("configs/demo.py", ["--rollout.n=8"])
+    assert load_config("configs/demo.py", ["--config.rollout.n=3"]).rollout.n == 3
+
+
+def test_config_differences_name_dotted_keys() -> None:
+    saved = recipes.demo().to_dict()
+    current = recipes.demo()
+    current.rollout.n = 3
+    current.stages.perception.learner = {"learning_rate": 0.5}
+    differences = config_lib.config_differences(saved, current.to_dict())
+    assert differences == ["rollout.n", "stages.perception.learner.learning_rate"]
+    assert config_lib.config_differences(saved, recipes.demo().to_dict()) == []
+
+
+def _with_synthetic_data(config, workdir: Path, rows: dict[str, int]):
+    for capability, count in rows.items():
+        path = write_synthetic(workdir / "data", capability, count, seed=0)
+        config.data.sources[capability].path = str(path)
+    return config
+
+
+@pytest.mark.parametrize("epochs", [(2, 3, 1), (1, 1, 1)])
+def test_staged_and_merged_plan_the_same_number_of_steps(tmp_path: Path, epochs) -> None:
+    rows = {"perception": 37, "text_reasoning": 29, "visual_reasoning": 21}
+    staged = _with_synthetic_data(recipes.paper("/m"), tmp_path, rows)
+    for name, count in zip(recipes.CAPABILITY_STAGES, epochs, strict=True):
+        staged.stages[name].epochs = count
+        staged.stages[name].batch_size = 8
+    merged = recipes.merged(staged.copy_and_resolve_references())
+    staged_plan = plan_stages(config_lib.resolve(staged, tmp_path))
+    merged_plan = plan_stages(config_lib.resolve(merged, tmp_path))
+    assert [plan.steps for plan in staged_plan] == [
+        epoch * count // 8 for epoch, count in zip(epochs, rows.values(), strict=True)
+    ]
+    assert [plan.name for plan in merged_plan] == ["merged"]
+    assert sum(plan.steps for plan in merged_plan) == sum(plan.steps for plan in staged_plan)
+    assert merged.stages.merged.data.to_dict() == dict(zip(rows, epochs, strict=True))
+    assert merged.stages.merged.trainable == recipes.VISION_FROZEN
+
+
+def test_merged_rejects_what_would_break_step_parity() -> None:
+    config = recipes.paper("/m")
+    config.stages.text_reasoning.batch_size = 256
+    with pytest.raises(ValueError, match="batch_size"):
+        recipes.merged(config)
+    config = recipes.paper("/m")
+    config.stages.perception.steps = 10
+    with pytest.raises(ValueError, match="steps"):
+        recipes.merged(config)
