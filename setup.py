@@ -19,6 +19,9 @@ setup(
         "orbax-checkpoint>=0.12,<0.13",
         "grain>=0.2.18,<0.3",
         "ml-collections>=1.1,<2",
+        "absl-py>=2.1,<3",  # ml-collections' command-line config overrides
+        "tensorboard>=2.16,<3",  # event files only (no TensorFlow)
+        "matplotlib>=3.8,<4",  # staged-vlm plot
         "transformers>=5.0,<6",
         "safetensors>=0.6,<1",
         "tokenizers>=0.22,<1",

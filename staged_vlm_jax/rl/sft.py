@@ -82,6 +82,7 @@ class SFTTrainer:
         start = time.perf_counter()
         batch = self.batch(prompts)
         metrics = {k: float(v) for k, v in self.learner.train_step(batch).items()}
+        metrics["loss"] = metrics["nll"]  # the surrogate's own value is the constant −1 (module docstring)
         elapsed = time.perf_counter() - start
         metrics["time/train_s"] = elapsed
         metrics["response_length/mean"] = float(batch.response_mask.sum(1).mean())

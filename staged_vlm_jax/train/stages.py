@@ -72,8 +72,21 @@ class StagePlan:
         return self.first_global_step + self.steps
 
 
+class _NoMetrics:
+    """What hosts other than the first write metrics with: nothing (the first host writes the run's files)."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def truncate(self, last_global_step: int) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
-    """Writes config.json, or checks it against the one already there (a resume)."""
+    """Writes config.json (first host), or checks it against the one already there (a resume)."""
     path = workdir / CONFIG_FILE
     current = json.loads(config_lib.canonical(config))
     if path.exists():
@@ -84,7 +97,8 @@ def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict, allo
                 f"{path}: this workdir was run with another config; differing keys: {', '.join(differences)} "
                 "(use another --workdir, or --allow-config-change to resume with the new values)"
             )
-    path.write_text(config_lib.canonical(config) + "\n")
+    if jax.process_index() == 0:
+        path.write_text(config_lib.canonical(config) + "\n")
 
 
 def model_config(spec: config_lib.RunSpec):
@@ -175,6 +189,8 @@ class StagedRun:
         out = self.workdir / "data"
         if not synthetic.train_rows or out.exists():
             return
+        if jax.process_count() > 1:
+            raise config_lib.ConfigKeyError("config.data.synthetic: the testbed's data is for single-process runs")
         partial = self.workdir / "data.partial"
         shutil.rmtree(partial, ignore_errors=True)
         for split, rows, seed in (("train", synthetic.train_rows, synthetic.seed),
@@ -221,7 +237,7 @@ class StagedRun:
     # -- the loop -----------------------------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        metrics = MetricsWriter(self.workdir)
+        metrics = MetricsWriter(self.workdir) if jax.process_index() == 0 else _NoMetrics()
         try:
             return self._run(metrics)
         finally:
@@ -338,6 +354,8 @@ class StagedRun:
         self._write_evaluations()
 
     def _write_evaluations(self) -> None:
+        if jax.process_index() != 0:
+            return
         lines = [json.dumps(row, sort_keys=True) for row in self.evaluations]
         (self.workdir / EVAL_FILE).write_text("".join(line + "\n" for line in lines))
         write_results(self.workdir, self.evaluations, list(self.spec.eval.sources), self.plan_summary())
