@@ -403,18 +403,26 @@ def visual_reasoning_row(rng: np.random.Generator, image_size: int) -> Synthetic
 
 
 def write_synthetic(
-    out_dir: str | Path, capability: str, num_rows: int, seed: int, image_size: int = MIN_IMAGE_SIZE
+    out_dir: str | Path,
+    capability: str,
+    num_rows: int,
+    seed: int,
+    image_size: int = MIN_IMAGE_SIZE,
+    max_difficulty: float = 1.0,
 ) -> Path:
     """Write ``num_rows`` rows of ``capability`` to ``out_dir/{capability}.jsonl`` (+ ``out_dir/images/``).
 
     Rows are EasyR1-schema JSON objects ``{"id", "problem", "answer", "images", "pass_rate"}`` (``images`` omitted
-    for text rows) with image paths relative to ``out_dir``; images are ``image_size``² RGB PNGs. Returns the
-    jsonl path. Same (capability, num_rows, seed, image_size) -> byte-identical files.
+    for text rows) with image paths relative to ``out_dir``; images are ``image_size``² RGB PNGs. Rows harder than
+    ``max_difficulty`` are redrawn (a tiny model's testbed keeps to the easy end: small numbers, few objects).
+    Returns the jsonl path. Same (capability, num_rows, seed, image_size, max_difficulty) -> byte-identical files.
     """
     if capability not in GENERATORS:
         raise ValueError(f"no synthetic generator for capability {capability!r}; known: {sorted(GENERATORS)}")
     if num_rows < 1:
         raise ValueError(f"num_rows must be positive, got {num_rows}")
+    if not 0.0 <= max_difficulty <= 1.0:
+        raise ValueError(f"max_difficulty must be in [0, 1], got {max_difficulty}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
     out_dir = Path(out_dir)
@@ -424,6 +432,8 @@ def write_synthetic(
     with path.open("w", encoding="utf-8") as rows:
         for index in range(num_rows):
             generated = GENERATORS[capability](rng, image_size)
+            while generated.difficulty > max_difficulty:
+                generated = GENERATORS[capability](rng, image_size)
             row: dict[str, object] = {
                 "id": f"{capability}-{seed}-{index:05d}",
                 "problem": generated.problem,

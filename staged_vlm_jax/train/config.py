@@ -54,6 +54,7 @@ class SyntheticSpec:
     eval_rows: int = 0
     image_size: int = 112
     seed: int = 0
+    max_difficulty: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
             "visual_reasoning": dict(path="/data/staged_vlm/visual_reasoning.jsonl", capability="visual_reasoning",
                                      image_root=""),
         },
-        synthetic=dict(train_rows=0, eval_rows=0, image_size=112, seed=0),
+        synthetic=dict(train_rows=0, eval_rows=0, image_size=112, seed=0, max_difficulty=1.0),
         max_prompt_length=2048, prompt_buckets=(512, 1024, 2048), min_pixels=512 * 512, max_pixels=2048 * 2048,
         image_backend="pil", worker_threads=8, on_error="raise",
     )  # fmt: skip
@@ -97,18 +97,19 @@ def demo() -> ConfigDict:
     for capability in CAPABILITY_STAGES:
         c.data.sources[capability] = dict(path=f"{{workdir}}/data/train/{capability}.jsonl", capability=capability,
                                           image_root="")  # fmt: skip
-    c.data.synthetic = dict(train_rows=512, eval_rows=64, image_size=56, seed=0)
+    # The easy end of each generator (small numbers, few objects): what a 1 M-parameter model can learn in minutes.
+    c.data.synthetic = dict(train_rows=384, eval_rows=64, image_size=56, seed=0, max_difficulty=0.3)
     c.data.max_prompt_length = 320
     c.data.prompt_buckets = (192, 256, 320)
     c.data.min_pixels, c.data.max_pixels = 56 * 56, 56 * 56
     c.data.worker_threads = 0
-    c.engine = dict(prompt_buckets=(192, 256, 320), new_token_buckets=(32,), batch_buckets=(8, 16, 32, 64))
-    c.rollout = dict(n=8, max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
+    c.engine = dict(prompt_buckets=(192, 256, 320), new_token_buckets=(16,), batch_buckets=(8, 16, 32, 64))
+    c.rollout = dict(n=8, max_new_tokens=16, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
     c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2)
     c.reward = dict(name="math", num_workers=1, timeout_s=5.0)
     c.stages = dict(
-        warm_start=stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 1, ALL_PARAMETERS,
-                          kind="sft"),
+        warm_start=stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 3, ALL_PARAMETERS,
+                          kind="sft", response_template="<think> </think> \\boxed{{{answer}}}"),
         perception=stage({"perception": 1}, 8, 1, ALL_PARAMETERS),
         text_reasoning=stage({"text_reasoning": 1}, 8, 1, VISION_FROZEN),
         visual_reasoning=stage({"visual_reasoning": 1}, 8, 1, ALL_PARAMETERS),
@@ -119,7 +120,7 @@ def demo() -> ConfigDict:
         sources={f"heldout_{capability}": dict(path=f"{{workdir}}/data/eval/{capability}.jsonl",
                                                capability=capability, image_root="")
                  for capability in CAPABILITY_STAGES},
-        batch_size=64, max_new_tokens=32, before_training=False,
+        batch_size=64, max_new_tokens=16, before_training=False,
     )  # fmt: skip
     c.checkpoint = dict(every_steps=10, keep=2, async_save=True)
     return c

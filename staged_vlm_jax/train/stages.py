@@ -196,7 +196,8 @@ class StagedRun:
         for split, rows, seed in (("train", synthetic.train_rows, synthetic.seed),
                                   ("eval", synthetic.eval_rows, synthetic.seed + 1)):  # fmt: skip
             for capability in CAPABILITIES if rows else ():
-                write_synthetic(partial / split, capability, rows, seed=seed, image_size=synthetic.image_size)
+                write_synthetic(partial / split, capability, rows, seed=seed, image_size=synthetic.image_size,
+                                max_difficulty=synthetic.max_difficulty)  # fmt: skip
         partial.rename(out)
 
     def _tokenizer(self):

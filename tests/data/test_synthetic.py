@@ -100,3 +100,18 @@ def test_invalid_arguments_are_rejected(tmp_path):
         synthetic.write_synthetic(tmp_path, "perception", 0, seed=0)
     with pytest.raises(ValueError, match="image_size must be at least 56"):
         synthetic.write_synthetic(tmp_path, "perception", 1, seed=0, image_size=28)
+    with pytest.raises(ValueError, match="max_difficulty must be in"):
+        synthetic.write_synthetic(tmp_path, "perception", 1, seed=0, max_difficulty=1.5)
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_max_difficulty_keeps_the_easy_end_deterministically(tmp_path, capability):
+    def pass_rates(directory, cap):
+        path = synthetic.write_synthetic(directory, capability, ROWS, seed=0, max_difficulty=cap)
+        return [json.loads(line)["pass_rate"] for line in path.read_text().splitlines()]
+
+    easy = pass_rates(tmp_path / "easy", 0.3)
+    assert min(easy) >= round(0.95 - 0.8 * 0.3, 3)
+    assert min(pass_rates(tmp_path / "all", 1.0)) < min(easy)  # the cap did remove something
+    assert _files(tmp_path / "easy") == _files(synthetic.write_synthetic(tmp_path / "again", capability, ROWS, seed=0,
+                                                                         max_difficulty=0.3).parent)  # fmt: skip
