@@ -287,10 +287,10 @@ def tunix_algo_config(cfg: LearnerConfig) -> ClippedGRPOConfig:
     )
 
 
-def make_ours(model: Qwen2_5_VL) -> GRPOTrainer:
+def make_ours(model: Qwen2_5_VL, share_prompts: bool) -> GRPOTrainer:
     engine = RolloutEngine(RolloutConfig(prompt_buckets=(PROMPT_LEN,), new_token_buckets=(NEW_TOKENS,)))
     return GRPOTrainer(
-        Learner(model, OBJECTIVE), engine, our_score, decode,
+        Learner(model, dataclasses.replace(OBJECTIVE, share_prompts=share_prompts)), engine, our_score, decode,
         GRPOConfig(n=GENERATIONS, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0),
         eos_token_ids=(EOS,), pad_token_id=PAD,
     )  # fmt: skip
@@ -420,6 +420,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="steady steps per side, after one compile step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-share-prompts", dest="share_prompts", action="store_false",
+                        help="ours runs every row's prompt (learner.share_prompts=False), as tunix does")  # fmt: skip
     args = parser.parse_args()
     load = os.getloadavg()
 
@@ -432,17 +434,20 @@ def main() -> None:
     if not delta <= PARITY_TOLERANCE:
         raise SystemExit(f"parity check failed: max |Δ log-prob| {delta:.2e} > {PARITY_TOLERANCE:.0e}")
 
-    ours, theirs = make_ours(model), make_tunix(model)
+    ours, theirs = make_ours(model, args.share_prompts), make_tunix(model)
     tunix_times: dict[str, float] = {}
     time_calls(tunix_times, theirs.rl_cluster,
                {"generate": "rollout", "get_ref_per_token_logps": "ref", "update_actor": "update"})  # fmt: skip
     ref_alone = our_ref_log_probs(ours)
     rng = np.random.default_rng(args.seed)
-    ref_batch = TrainBatch(
-        input_ids=rng.integers(0, ids_below, (PROMPTS * GENERATIONS, PROMPT_LEN + NEW_TOKENS)).astype(np.int32),
-        attention_mask=np.ones((PROMPTS * GENERATIONS, PROMPT_LEN + NEW_TOKENS), np.int32),
-        response_mask=np.ones((PROMPTS * GENERATIONS, NEW_TOKENS), np.int32),
-        advantages=np.zeros(PROMPTS * GENERATIONS, np.float32),
+    rows = PROMPTS * GENERATIONS
+    prompts = np.repeat(rng.integers(0, ids_below, (PROMPTS, PROMPT_LEN)), GENERATIONS, 0)
+    ref_batch = TrainBatch(  # the step's layout: groups of GENERATIONS rows sharing a prompt
+        input_ids=np.concatenate([prompts, rng.integers(0, ids_below, (rows, NEW_TOKENS))], 1).astype(np.int32),
+        attention_mask=np.ones((rows, PROMPT_LEN + NEW_TOKENS), np.int32),
+        response_mask=np.ones((rows, NEW_TOKENS), np.int32),
+        advantages=np.zeros(rows, np.float32),
+        group_size=ours.learner.group_size(rows, GENERATIONS),
     )
     steady: dict[str, list[dict[str, float]]] = {"ours": [], "tunix": []}
     ref_times: list[float] = []
@@ -466,7 +471,8 @@ def main() -> None:
     print(f"jax {jax.__version__} ({jax.device_count()} {jax.default_backend()} device), flax {flax.__version__}, "
           f"optax {optax.__version__}, google-tunix {metadata.version('google-tunix')}")  # fmt: skip
     print(f"{PROMPTS} prompts x {GENERATIONS} generations, {PROMPT_LEN} prompt + {NEW_TOKENS} generated tokens, "
-          f"float32; medians of {args.steps} steady steps per side, interleaved\n")  # fmt: skip
+          f"float32; medians of {args.steps} steady steps per side, interleaved; ours shares each group's prompt: "
+          f"{ref_batch.group_size > 1}\n")  # fmt: skip
     print_table(first, steady, statistics.median(ref_times[1:]), ref_times[0])
 
 

@@ -197,6 +197,10 @@ class KVCache:
     def size(self) -> int:
         return self.key_mask.shape[1]
 
+    def repeat(self, n: int) -> KVCache:
+        """Each row repeated n times in place (row i -> rows i·n … i·n + n − 1), e.g. for a group of n samples."""
+        return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, self)
+
 
 class Attention(nnx.Module):
     """Causal self-attention with GQA, q/k/v bias and rotary embeddings; optionally reads/writes a KV cache."""

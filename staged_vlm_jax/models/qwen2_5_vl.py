@@ -507,7 +507,40 @@ class Qwen2_5_VL(nnx.Module):
     def prefill(
         self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, *, cache_size: int
     ) -> tuple[jax.Array, KVCache]:
-        """Runs the (left-padded) prompt into a fresh cache of ``cache_size`` slots; returns logits and the cache."""
+        """Runs the (left-padded) prompt into a fresh cache of ``cache_size`` slots; returns the logits of the last
+        position [B, vocab] (the only ones sampling needs: the LM head is not applied to the rest) and the cache."""
+        hidden, cache = self._prefill(input_ids, attention_mask, pixel_values, image_grid_thw, cache_size)
+        return self.logits(hidden[:, -1:])[:, 0], cache
+
+    def decode(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Appends ``tokens`` [B, T] (usually T = 1) to the cache; returns their logits and the updated cache."""
+        hidden, cache = self._extend(tokens, cache)
+        return self.logits(hidden), cache
+
+    def grouped_hidden_states(
+        self, prompt_ids, prompt_mask, response_ids, pixel_values=None, image_grid_thw=None
+    ) -> jax.Array:
+        """Final-norm hidden states that predict each response token, [R, L, hidden], for R = G·n right-padded
+        responses [R, L] of which each n contiguous rows answer one of G left-padded prompts [G, P].
+
+        The same numbers as `hidden_states` over the R concatenated rows at positions P − 1 … P + L − 2, but each
+        prompt and its images go through the model once per group instead of n times: the prompt is prefilled, its
+        cache repeated to the group's rows, and the responses (all but their last token, which predicts nothing)
+        extend it in one pass. GRPO's prompts (image tokens included) are usually longer than its responses, so this
+        removes most of the learner's work at n = 5; gradients flow through the shared prompt into every response.
+        """
+        groups, prompt_length = prompt_ids.shape
+        rows, length = response_ids.shape
+        if rows % groups:
+            raise ValueError(f"{rows} responses do not form groups of one of {groups} prompts")
+        hidden, cache = self._prefill(prompt_ids, prompt_mask, pixel_values, image_grid_thw, prompt_length + length - 1)
+        last = jnp.repeat(hidden[:, -1:], rows // groups, axis=0)
+        if length == 1:
+            return last
+        extended, _ = self._extend(response_ids[:, :-1], cache.repeat(rows // groups))
+        return jnp.concatenate([last, extended], axis=1)
+
+    def _prefill(self, input_ids, attention_mask, pixel_values, image_grid_thw, cache_size: int):
         batch, length = input_ids.shape
         if length > cache_size:
             raise ValueError(f"prompt length {length} exceeds the KV cache size {cache_size}")
@@ -522,10 +555,9 @@ class Qwen2_5_VL(nnx.Module):
             length=jnp.asarray(length, jnp.int32),
             next_position=next_position.astype(jnp.int32),
         )
-        return self.logits(hidden), cache
+        return hidden, cache
 
-    def decode(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Appends ``tokens`` [B, T] (usually T = 1) to the cache; returns their logits and the updated cache."""
+    def _extend(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         steps = tokens.shape[1]
         x = self.language_model.embed_tokens(tokens)
         positions = cache.next_position[:, None] + jnp.arange(steps, dtype=jnp.int32)
@@ -539,4 +571,4 @@ class Qwen2_5_VL(nnx.Module):
             length=cache.length + steps,
             next_position=cache.next_position + steps,
         )
-        return self.logits(hidden), cache
+        return hidden, cache

@@ -232,13 +232,16 @@ class GRPOTrainer:
         )
 
     def _train_batch(self, rollouts: Rollouts) -> TrainBatch:
+        group = self.learner.group_size(len(rollouts.lengths), self.config.n)
+        per_group = lambda x: None if x is None else x[::group]  # rollouts repeat the images to every row
         return TrainBatch(
             input_ids=np.concatenate([rollouts.prompt_ids, rollouts.tokens], axis=1),
             attention_mask=np.concatenate([rollouts.prompt_mask, rollouts.response_mask], axis=1),
             response_mask=rollouts.response_mask,
             advantages=np.asarray(advantages.compute(self.config.advantage, rollouts.scores["overall"], self.config.n)),
-            pixel_values=rollouts.pixel_values,
-            image_grid_thw=rollouts.image_grid_thw,
+            pixel_values=per_group(rollouts.pixel_values),
+            image_grid_thw=per_group(rollouts.image_grid_thw),
+            group_size=group,
         )
 
     def _rollout_metrics(self, rollouts: Rollouts) -> dict[str, float]:

@@ -50,6 +50,7 @@ class LearnerConfig:
     kl_kind: str = "k3"
     temperature: float = 1.0
     trainable: tuple[str, ...] = (r".*",)  # regexes over dotted parameter paths, e.g. r"^language_model\."
+    share_prompts: bool = True  # run a GRPO group's shared prompt once (exact; see TrainBatch.group_size)
 
 
 @flax.struct.dataclass
@@ -57,8 +58,12 @@ class TrainBatch:
     """One RL step's rows: prompt (left-padded) + response (right-padded) token ids, R rows.
 
     input_ids / attention_mask [R, P + L]; response_mask [R, L] (1 on response tokens, EOS included);
-    advantages [R] or [R, L]; optional per-row images (pixel_values [R, N, ·], image_grid_thw [R, I, 3]);
-    optional old_log_probs [R, L] (the current weights' log-probs when None, as EasyR1 recomputes them).
+    advantages [R] or [R, L]; optional images in the per-row layout (pixel_values [·, N, ·], image_grid_thw
+    [·, I, 3]); optional old_log_probs [R, L] (the current weights' log-probs when None, as EasyR1 recomputes them).
+
+    ``group_size`` g > 1 declares that each g contiguous rows share their prompt (the first P columns) — GRPO's
+    groups. The images are then given once per group ([R / g, ...]) and the learner runs each prompt through the
+    model once per group (`Qwen2_5_VL.grouped_hidden_states`); mini- and micro-batches must hold whole groups.
     """
 
     input_ids: jax.Array
@@ -68,6 +73,7 @@ class TrainBatch:
     pixel_values: jax.Array | None = None
     image_grid_thw: jax.Array | None = None
     old_log_probs: jax.Array | None = None
+    group_size: int = flax.struct.field(pytree_node=False, default=1)
 
 
 @flax.struct.dataclass
@@ -111,8 +117,16 @@ def response_log_probs(model: nnx.Module, batch: TrainBatch, temperature: float)
     The logits at position P − 1 + t predict response token t; only those L positions go through the LM head.
     """
     length = batch.response_mask.shape[1]
-    hidden = model.hidden_states(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw)
-    logits = model.logits(hidden[:, -length - 1 : -1]).astype(jnp.float32) / temperature
+    if batch.group_size > 1:
+        prompt = slice(None, batch.input_ids.shape[1] - length)
+        hidden = model.grouped_hidden_states(
+            batch.input_ids[:: batch.group_size, prompt], batch.attention_mask[:: batch.group_size, prompt],
+            batch.input_ids[:, prompt.stop :], batch.pixel_values, batch.image_grid_thw,
+        )  # fmt: skip
+    else:
+        hidden = model.hidden_states(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw)
+        hidden = hidden[:, -length - 1 : -1]
+    logits = model.logits(hidden).astype(jnp.float32) / temperature
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     targets = batch.input_ids[:, -length:]
     token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
@@ -120,7 +134,8 @@ def response_log_probs(model: nnx.Module, batch: TrainBatch, temperature: float)
 
 
 def _split_rows(tree, *leading: int):
-    """Reshapes every batched leaf [R, ...] to [*leading, R / prod(leading), ...]."""
+    """Reshapes every batched leaf [X, ...] to [*leading, X / prod(leading), ...] (per-row and per-group leaves
+    alike: a split into whole groups splits both consistently)."""
     return jax.tree.map(lambda x: x.reshape(*leading, -1, *x.shape[1:]), tree)
 
 
@@ -180,20 +195,31 @@ class Learner:
         """Puts host arrays on the mesh, rows over the batch axes (a no-op without a mesh)."""
         if self.mesh is None:
             return batch
-        rows = batch.input_ids.shape[0]
-        if rows % batch_shards(self.mesh, self.rules):
-            raise ValueError(f"{rows} rows do not split over {batch_shards(self.mesh, self.rules)} batch shards")
+        rows, shards = batch.input_ids.shape[0] // batch.group_size, batch_shards(self.mesh, self.rules)
+        if rows % shards:
+            what = "rows" if batch.group_size == 1 else f"groups of {batch.group_size} rows"
+            raise ValueError(f"{rows} {what} do not split over {shards} batch shards")
         return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec(self.rules["batch"])))
+
+    def group_size(self, rows: int, n: int) -> int:
+        """The ``TrainBatch.group_size`` for ``rows`` rows in groups of ``n``: n where sharing is on and every
+        mini-batch, micro-batch and batch shard holds whole groups, else 1 (each row runs its own prompt)."""
+        cfg = self.config
+        micro = cfg.micro_batch_size or rows // cfg.num_minibatches
+        shards = 1 if self.mesh is None else batch_shards(self.mesh, self.rules)
+        whole = rows % cfg.num_minibatches == 0 and micro % n == 0 and (rows // n) % shards == 0
+        return n if cfg.share_prompts and n > 1 and whole else 1
 
     def train_step(self, batch: TrainBatch) -> dict[str, jax.Array]:
         """Runs one RL step's updates on ``batch`` and returns its metrics; updates ``self.state``."""
         rows = batch.input_ids.shape[0]
         cfg = self.config
         micro = cfg.micro_batch_size or rows // cfg.num_minibatches
-        if rows % cfg.num_minibatches or (rows // cfg.num_minibatches) % micro:
+        if rows % cfg.num_minibatches or (rows // cfg.num_minibatches) % micro or micro % batch.group_size:
             raise ValueError(
                 f"{rows} rows do not split into learner.num_minibatches={cfg.num_minibatches} mini-batches of "
                 f"whole micro-batches of learner.micro_batch_size={micro}"
+                + (f" holding whole groups of {batch.group_size}" if batch.group_size > 1 else "")
             )
         self.state, metrics = self._step(self.state, self.place_batch(batch))
         return metrics
@@ -218,7 +244,7 @@ class Learner:
         # objective as EasyR1's up-front recompute, one forward pass over R / num_minibatches rows cheaper.
         first_is_current = batch.old_log_probs is None
         if first_is_current:
-            later = jax.tree.map(lambda x: x[per_minibatch:], batch)
+            later = jax.tree.map(lambda x: x[x.shape[0] // cfg.num_minibatches :], batch)  # rows or groups
             old_later = (
                 self._log_probs(state.params, state.frozen, later, micro)
                 if cfg.num_minibatches > 1
@@ -232,7 +258,7 @@ class Learner:
             else jnp.zeros_like(batch.old_log_probs)
         )
         minibatches = _split_rows((batch, ref_log_probs), cfg.num_minibatches)
-        minibatches = jax.tree.map(lambda x: x.reshape(x.shape[0], per_minibatch // micro, micro, *x.shape[2:]),
+        minibatches = jax.tree.map(lambda x: x.reshape(x.shape[0], per_minibatch // micro, -1, *x.shape[2:]),
                                    minibatches)  # fmt: skip
 
         def micro_step(params, frozen, units, own_old, chunk):

@@ -85,6 +85,31 @@ def _top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
     return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
+def sample_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from softmax(logits) [B, V] by two-level inverse transform sampling.
+
+    ``jax.random.categorical`` (Gumbel-max) needs V random numbers and two logarithms per row and step, which on CPU
+    costs more than a small model's whole decode step; this draws two uniforms per row. The vocabulary is cut into
+    ~√V blocks: a block is drawn by inverting the CDF of the block masses, then a token within it, so each cumulative
+    sum is short and float32 rounding cannot swallow the mass of the tail. Tokens of probability zero (−inf logits)
+    are never drawn: u ∈ (0, 1] and a token is chosen only where the CDF strictly rises.
+    """
+    rows, vocab = logits.shape
+    block = max(1, math.isqrt(vocab))
+    blocks = -(-vocab // block)
+    padded = jnp.pad(logits.astype(jnp.float32), ((0, 0), (0, blocks * block - vocab)), constant_values=-jnp.inf)
+    probs = jax.nn.softmax(padded, axis=-1).reshape(rows, blocks, block)
+    u = 1.0 - jax.random.uniform(key, (2, rows, 1))  # (0, 1]
+
+    def invert(weights, u):  # the first index whose cumulative weight reaches u · total
+        cdf = jnp.cumsum(weights, axis=-1)
+        return jnp.sum(cdf < u * cdf[:, -1:], axis=-1)
+
+    chosen_block = invert(probs.sum(axis=-1), u[0])
+    within = jnp.take_along_axis(probs, chosen_block[:, None, None], axis=1)[:, 0]
+    return chosen_block * block + invert(within, u[1])
+
+
 def choose_tokens(
     logits: jax.Array,
     key: jax.Array,
@@ -109,14 +134,9 @@ def choose_tokens(
             kth = jax.lax.top_k(allowed, top_k)[0][:, -1:]
             allowed = jnp.where(allowed < kth, -jnp.inf, allowed)
         allowed = jax.lax.cond(top_p < 1.0, _top_p_filter, lambda x, _: x, allowed, top_p)
-        token = jax.random.categorical(key, allowed, axis=-1)
+        token = sample_categorical(key, allowed)
     token = token.astype(jnp.int32)
     return token, jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
-
-
-def _repeat_rows(tree, n: int):
-    """Repeats every batched leaf n times along the batch axis (scalars, e.g. the cache length, stay)."""
-    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, tree)
 
 
 class RolloutEngine:
@@ -169,7 +189,7 @@ class RolloutEngine:
         batch = input_ids.shape[0]
         self.last_trace = {"prefill_batch": batch, "decode_batch": batch * n, "cache_size": cache_size}
         logits, cache = model.prefill(input_ids, attention_mask, pixel_values, image_grid_thw, cache_size=cache_size)
-        logits, cache = _repeat_rows((logits[:, -1], cache), n)
+        logits, cache = jnp.repeat(logits, n, axis=0), cache.repeat(n)
         rows = batch * n
         eos_ids = jnp.asarray(eos, jnp.int32)
 
@@ -351,4 +371,5 @@ __all__ = [
     "choose_tokens",
     "compilation_count",
     "generate",
+    "sample_categorical",
 ]

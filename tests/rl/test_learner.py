@@ -20,13 +20,15 @@ from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
 ROWS, RESPONSE = 8, 6
 
 
-def make_batch(cfg, seed=0, images=False) -> TrainBatch:
+def make_batch(cfg, seed=0, images=False, group=1, share=False) -> TrainBatch:
+    """ROWS rows; with ``group`` g each g contiguous rows share a prompt (and its image), repeated per row or, with
+    ``share``, given once per group (``group_size`` g)."""
     rng = np.random.default_rng(seed)
-    grids = [(1, 4, 4), (1, 4, 8)] * (ROWS // 2)
+    grids = [(1, 4, 4), (1, 4, 8)] * (ROWS // 2 // group)
     rows = [
         prompt(rng, cfg, [g] if images else [], [1 + i % 3, 2] if images else [3 + i % 3]) for i, g in enumerate(grids)
     ]
-    ids, mask = left_pad(rows, cfg.text.pad_token_id)
+    ids, mask = (np.repeat(x, group, 0) for x in left_pad(rows, cfg.text.pad_token_id))
     response = rng.integers(0, cfg.image_token_id - 1, (ROWS, RESPONSE)).astype(np.int32)
     lengths = rng.integers(1, RESPONSE + 1, ROWS)
     response_mask = (np.arange(RESPONSE)[None] < lengths[:, None]).astype(np.int32)
@@ -36,11 +38,14 @@ def make_batch(cfg, seed=0, images=False) -> TrainBatch:
         attention_mask=np.concatenate([mask, response_mask], axis=1),
         response_mask=response_mask,
         advantages=rng.normal(0, 1, ROWS).astype(np.float32),
+        group_size=group if share else 1,
     )
     if images:
         pixels = np.concatenate([image_patches(rng, cfg, g) for g in grids])
-        rows_pixels, rows_grids = per_row_images(pixels, np.array(grids), [1] * ROWS)
-        batch = batch.replace(pixel_values=rows_pixels, image_grid_thw=rows_grids)
+        rows_pixels, rows_grids = per_row_images(pixels, np.array(grids), [1] * len(grids))
+        repeat = 1 if share else group
+        batch = batch.replace(pixel_values=np.repeat(rows_pixels, repeat, 0), image_grid_thw=np.repeat(rows_grids,
+                              repeat, 0))  # fmt: skip
     return batch
 
 
@@ -75,6 +80,26 @@ def test_micro_batched_update_equals_full_batch_update(agg):
         for k in ("loss", "pg_loss", "kl_loss", "pg_clipfrac_higher", "entropy", "grad_norm"):
             assert metrics[k] == pytest.approx(full_metrics[k], rel=1e-5, abs=1e-6), k
         assert len(jax.tree.leaves(params)) == len(jax.tree.leaves(full_params))
+
+
+def test_shared_prompt_update_equals_per_row_update():
+    """group_size = 2: each prompt and image runs once per group; log-probs, gradients and metrics as per row."""
+    cfg = tiny()
+    per_row, shared = (make_batch(cfg, seed=7, images=True, group=2, share=s) for s in (False, True))
+    model = models.create(cfg, seed=1)
+    expected, got = (np.asarray(response_log_probs(model, b, 1.0)[0]) for b in (per_row, shared))
+    valid = per_row.response_mask.astype(bool)
+    np.testing.assert_allclose(got[valid], expected[valid], atol=1e-5, rtol=0)
+    results = []
+    for batch in (per_row, shared):
+        learner = Learner(models.create(cfg, seed=1), _config(micro_batch_size=2))
+        assert learner.group_size(ROWS, 2) == 2
+        metrics = learner.train_step(batch)
+        results.append((_first_moment(learner), {k: float(v) for k, v in metrics.items()}))
+    (mu, metrics), (shared_mu, shared_metrics) = results
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), shared_mu, mu)
+    for k in ("loss", "pg_loss", "kl_loss", "ppo_kl", "entropy", "grad_norm"):
+        assert shared_metrics[k] == pytest.approx(metrics[k], rel=1e-5, abs=1e-6), k
 
 
 def test_frozen_parameters_stay_bit_identical_and_get_no_optimizer_state():
@@ -126,9 +151,10 @@ def test_old_log_probs_are_recomputed_with_the_current_weights():
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
-def test_sharded_step_equals_single_device_step():
+@pytest.mark.parametrize("group", [1, 2])
+def test_sharded_step_equals_single_device_step(group):
     cfg = tiny()
-    batch = make_batch(cfg, images=True)
+    batch = make_batch(cfg, images=True, group=group, share=True)
     single = Learner(models.create(cfg, seed=5), _config(micro_batch_size=2, learning_rate=1e-6))
     single_metrics = single.train_step(batch)
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
@@ -148,5 +174,9 @@ def test_batch_that_does_not_split_is_refused():
     learner = Learner(models.create(cfg, seed=6), _config(micro_batch_size=3))
     with pytest.raises(ValueError, match="learner.micro_batch_size=3"):
         learner.train_step(make_batch(cfg))
+    shared = make_batch(cfg, group=4, share=True)
+    with pytest.raises(ValueError, match="holding whole groups of 4"):
+        Learner(models.create(cfg, seed=6), _config(micro_batch_size=2)).train_step(shared)
+    assert Learner(models.create(cfg, seed=6), _config(micro_batch_size=2)).group_size(ROWS, 4) == 1
     with pytest.raises(ValueError, match="matches no parameter"):
         Learner(models.create(cfg), _config(trainable=("nothing_matches",)))

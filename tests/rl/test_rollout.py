@@ -10,7 +10,7 @@ import pytest
 from staged_vlm_jax import models
 from staged_vlm_jax.models.sharding import make_mesh
 from staged_vlm_jax.rl import rollout
-from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine, bucket, choose_tokens
+from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine, bucket, choose_tokens, sample_categorical
 from tests.models.qwen_fixtures import hf_model, image_patches, left_pad, prompt, tiny
 
 torch = pytest.importorskip("torch")
@@ -178,6 +178,23 @@ def test_choose_tokens_truncation():
     np.testing.assert_array_equal(np.asarray(greedy), masked.argmax(-1))
     np.testing.assert_array_equal(np.asarray(top1), masked.argmax(-1))
     np.testing.assert_array_equal(np.asarray(tiny_p), masked.argmax(-1))
+
+
+@pytest.mark.parametrize("vocab", [7, 50])  # 7 and 50 are not multiples of their block sizes (2, 7)
+def test_sample_categorical_draws_from_the_softmax(vocab):
+    """Frequencies over 40,000 draws match softmax(logits) within 5 standard errors; −inf tokens never come up."""
+    rng = np.random.default_rng(vocab)
+    logits = rng.standard_normal((2, vocab)).astype(np.float32) * 2
+    logits[:, ::3] = -np.inf
+    draws = 20_000
+    keys = jax.random.split(jax.random.key(0), draws)
+    tokens = np.asarray(jax.jit(jax.vmap(lambda k: sample_categorical(k, jax.numpy.asarray(logits))))(keys))
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    for row in range(2):
+        freq = np.bincount(tokens[:, row], minlength=vocab) / draws
+        assert (freq[::3] == 0).all()
+        np.testing.assert_array_less(np.abs(freq - probs[row]), 5 * np.sqrt(probs[row] * (1 - probs[row]) / draws)
+                                     + 1e-12)  # fmt: skip
 
 
 def test_bucket_rounding():
