@@ -165,16 +165,22 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     q [B, Tq, H, D], k/v [B, Hkv, Tk, D] (the KV-cache layout) with H a multiple of Hkv (query head h reads kv
     head h // (H/Hkv), as HF's ``repeat_kv``), mask [B, Tq, Tk] (True = attend). Softmax runs in float32. One place
     for the attention kernel, so a fused implementation (cuDNN, splash) can replace it without touching the models.
+
+    The G = H/Hkv query heads of a KV head are stacked along the query axis ([B, Hkv, G·Tq, D]), so both
+    contractions are plain batched matmuls over (B, Hkv). Keeping G as a dimension of its own made XLA:CPU
+    rearrange the operands around a two-free-dimension dot: 4× slower for a decode step, 1.4× for a training
+    forward and backward.
     """
     b, tq, h, d = q.shape
-    hkv = k.shape[1]
-    q = q.reshape(b, tq, hkv, h // hkv, d)
-    scores = jnp.einsum("bqhgd,bhkd->bhgqk", q, k) * scale
-    big_neg = jnp.finfo(scores.dtype).min
-    scores = jnp.where(mask[:, None, None, :, :], scores, big_neg)
+    hkv, tk = k.shape[1], k.shape[2]
+    g = h // hkv
+    q = q.reshape(b, tq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * tq, d)
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    mask = jnp.broadcast_to(mask[:, None, None], (b, 1, g, tq, tk)).reshape(b, 1, g * tq, tk)
+    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhgqk,bhkd->bqhgd", probs, v)
-    return out.reshape(b, tq, h, d)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    return out.reshape(b, hkv, g, tq, d).transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
 
 
 @flax.struct.dataclass

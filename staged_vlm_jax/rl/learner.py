@@ -133,6 +133,20 @@ def response_log_probs(model: nnx.Module, batch: TrainBatch, temperature: float)
     return token_log_probs, losses.entropy_from_logits(logits)
 
 
+def batch_split_error(cfg: LearnerConfig, rows: int, group_size: int = 1) -> str | None:
+    """Why ``rows`` rows cannot be cut into ``cfg``'s mini-batches of whole micro-batches of whole groups of
+    ``group_size`` rows (None when they can); the message names the config keys."""
+    micro = cfg.micro_batch_size or rows // cfg.num_minibatches
+    minibatch = rows // cfg.num_minibatches
+    if rows % cfg.num_minibatches == 0 and micro and minibatch % micro == 0 and micro % group_size == 0:
+        return None
+    return (
+        f"{rows} rows do not split into learner.num_minibatches={cfg.num_minibatches} mini-batches of whole "
+        f"micro-batches of learner.micro_batch_size={micro}"
+        + (f" holding whole groups of {group_size}" if group_size > 1 else "")
+    )
+
+
 def _split_rows(tree, *leading: int):
     """Reshapes every batched leaf [X, ...] to [*leading, X / prod(leading), ...] (per-row and per-group leaves
     alike: a split into whole groups splits both consistently)."""
@@ -204,23 +218,15 @@ class Learner:
     def group_size(self, rows: int, n: int) -> int:
         """The ``TrainBatch.group_size`` for ``rows`` rows in groups of ``n``: n where sharing is on and every
         mini-batch, micro-batch and batch shard holds whole groups, else 1 (each row runs its own prompt)."""
-        cfg = self.config
-        micro = cfg.micro_batch_size or rows // cfg.num_minibatches
         shards = 1 if self.mesh is None else batch_shards(self.mesh, self.rules)
-        whole = rows % cfg.num_minibatches == 0 and micro % n == 0 and (rows // n) % shards == 0
-        return n if cfg.share_prompts and n > 1 and whole else 1
+        whole = batch_split_error(self.config, rows, n) is None and (rows // n) % shards == 0
+        return n if self.config.share_prompts and n > 1 and whole else 1
 
     def train_step(self, batch: TrainBatch) -> dict[str, jax.Array]:
         """Runs one RL step's updates on ``batch`` and returns its metrics; updates ``self.state``."""
-        rows = batch.input_ids.shape[0]
-        cfg = self.config
-        micro = cfg.micro_batch_size or rows // cfg.num_minibatches
-        if rows % cfg.num_minibatches or (rows // cfg.num_minibatches) % micro or micro % batch.group_size:
-            raise ValueError(
-                f"{rows} rows do not split into learner.num_minibatches={cfg.num_minibatches} mini-batches of "
-                f"whole micro-batches of learner.micro_batch_size={micro}"
-                + (f" holding whole groups of {batch.group_size}" if batch.group_size > 1 else "")
-            )
+        error = batch_split_error(self.config, batch.input_ids.shape[0], batch.group_size)
+        if error:
+            raise ValueError(error)
         self.state, metrics = self._step(self.state, self.place_batch(batch))
         return metrics
 

@@ -25,8 +25,9 @@ from typing import Any
 import ml_collections
 
 from staged_vlm_jax.rl.grpo import GRPOConfig
-from staged_vlm_jax.rl.learner import LearnerConfig
+from staged_vlm_jax.rl.learner import LearnerConfig, batch_split_error
 from staged_vlm_jax.rl.rollout import RolloutConfig
+from staged_vlm_jax.rl.sft import sft_learner_config
 
 STAGE_KINDS = ("grpo", "sft")
 # The SFT warm start's target: the paper's response format around the row's answer.
@@ -248,8 +249,15 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
                 raise _unknown_key(source, spec.data.sources, f"{where}.data (config.data.sources)")
         if stage.batch_size < 1 or stage.epochs < 1 or stage.steps < 0:
             raise ConfigKeyError(f"{where}: batch_size and epochs must be >= 1 and steps >= 0")
-        # Overrides are checked now, not when the stage starts hours later.
-        spec.stage_learner(name), spec.stage_rollout(name), spec.stage_reward(name)
+        # Overrides are checked now, not when the stage starts hours later; so is the step's batch split.
+        learner, rollout, _ = spec.stage_learner(name), spec.stage_rollout(name), spec.stage_reward(name)
+        if stage.kind == "grpo":
+            error = batch_split_error(learner, stage.batch_size * rollout.n)
+        else:
+            error = batch_split_error(sft_learner_config(learner), stage.batch_size)
+        if error:
+            raise ConfigKeyError(f"{where}: {error} (batch_size {stage.batch_size} prompts"
+                                 + (f" × rollout.n={rollout.n})" if stage.kind == "grpo" else ")"))  # fmt: skip
     if spec.checkpoint.every_steps < 1 or spec.checkpoint.keep < 1:
         raise ConfigKeyError("config.checkpoint: every_steps and keep must be >= 1")
     return spec

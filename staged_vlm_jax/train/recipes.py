@@ -54,7 +54,7 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
     c.engine = dict(prompt_buckets=(512, 1024, 2048), new_token_buckets=(512, 1024, 2048))
     c.rollout = dict(n=5, max_new_tokens=2048, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
     c.learner = dict(learning_rate=1e-6, weight_decay=1e-2, max_grad_norm=1.0, num_minibatches=4,
-                     micro_batch_size=256, loss_type="grpo", loss_agg="token-mean", clip_low=0.2, clip_high=0.3,
+                     micro_batch_size=320, loss_type="grpo", loss_agg="token-mean", clip_low=0.2, clip_high=0.3,
                      clip_dual=3.0, kl_coef=1e-2, kl_kind="k3", warmup_steps=0)  # fmt: skip
     c.reward = dict(name="math", num_workers=16, timeout_s=5.0)
     c.stages = dict(

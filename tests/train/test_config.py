@@ -9,6 +9,7 @@ import pytest
 
 from staged_vlm_jax.cli import load_config
 from staged_vlm_jax.data.synthetic import write_synthetic
+from staged_vlm_jax.rl.learner import batch_split_error
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import recipes
 from staged_vlm_jax.train.stages import plan_stages
@@ -45,6 +46,8 @@ def test_paper_recipe_values() -> None:
     assert (learner.clip_low, learner.clip_high, learner.clip_dual, learner.loss_agg) == (0.2, 0.3, 3.0, "token-mean")
     assert (spec.data.min_pixels, spec.data.max_pixels) == (512 * 512, 2048 * 2048)
     assert spec.stage_learner("perception").trainable == recipes.ALL_PARAMETERS
+    # 2560 rows -> 4 mini-batches of 640 -> micro-batches of whole groups of n = 5 (the learner shares prompts).
+    assert batch_split_error(learner, 512 * spec.rollout.n, spec.rollout.n) is None
 
 
 def test_unknown_keys_are_named_with_a_suggestion(tmp_path: Path) -> None:
@@ -64,6 +67,15 @@ def test_unknown_keys_are_named_with_a_suggestion(tmp_path: Path) -> None:
     config = recipes.demo()
     config.stages.perception.data = {"perception_v2": 1}
     with pytest.raises(config_lib.ConfigKeyError, match=r"stages\.perception\.data \(config\.data\.sources\)"):
+        config_lib.resolve(config, tmp_path)
+
+
+def test_a_batch_that_does_not_split_is_refused_before_training(tmp_path: Path) -> None:
+    config = recipes.demo()
+    config.stages.perception.learner = {"micro_batch_size": 12}  # the demo's mini-batch: 8 prompts × 8 / 2 = 32 rows
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.perception: 64 rows do not split into "
+                       r"learner\.num_minibatches=2 .* learner\.micro_batch_size=12 \(batch_size 8 prompts × "
+                       r"rollout\.n=8\)$"):  # fmt: skip
         config_lib.resolve(config, tmp_path)
 
 
