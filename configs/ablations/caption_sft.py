@@ -12,7 +12,7 @@ def get_config():
                                         image_root="")  # fmt: skip
     config.stages.caption_sft = recipes.stage(
         {"captions": 1}, 128, 1, recipes.ALL_PARAMETERS, kind="sft", response_template="{answer}",
-        learner={"learning_rate": 1e-5},
+        learner={"learning_rate": 1e-5, "micro_batch_size": 32},
     )  # fmt: skip
     config.schedule = ("caption_sft", "text_reasoning", "visual_reasoning")
     return config

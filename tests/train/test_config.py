@@ -108,6 +108,7 @@ def _with_synthetic_data(config, workdir: Path, rows: dict[str, int]):
 def test_staged_and_merged_plan_the_same_number_of_steps(tmp_path: Path, epochs) -> None:
     rows = {"perception": 37, "text_reasoning": 29, "visual_reasoning": 21}
     staged = _with_synthetic_data(recipes.paper("/m"), tmp_path, rows)
+    staged.learner.micro_batch_size = 10  # 8 prompts × n = 5 in 4 mini-batches
     for name, count in zip(recipes.CAPABILITY_STAGES, epochs, strict=True):
         staged.stages[name].epochs = count
         staged.stages[name].batch_size = 8
