@@ -526,8 +526,8 @@ class Qwen2_5_VL(nnx.Module):
         The same numbers as `hidden_states` over the R concatenated rows at positions P − 1 … P + L − 2, but each
         prompt and its images go through the model once per group instead of n times: the prompt is prefilled, its
         cache repeated to the group's rows, and the responses (all but their last token, which predicts nothing)
-        extend it in one pass. GRPO's prompts (image tokens included) are usually longer than its responses, so this
-        removes most of the learner's work at n = 5; gradients flow through the shared prompt into every response.
+        extend it in one pass. A VLM prompt carries hundreds to thousands of image tokens, so at n = 5 this removes a
+        large share of the learner's work; gradients flow through the shared prompt into every response.
         """
         groups, prompt_length = prompt_ids.shape
         rows, length = response_ids.shape
