@@ -72,7 +72,10 @@ class PromptBatch:
 
 @dataclasses.dataclass
 class Rollouts:
-    """Host-side results of sampling and scoring, one row per response (groups of n contiguous rows)."""
+    """Host-side results of sampling and scoring, one row per response (groups of n contiguous rows).
+
+    Images are kept once per prompt, not repeated to its n rows: the learner's shared-prompt pass takes them so.
+    """
 
     prompt_ids: np.ndarray  # [R, P] left-padded
     prompt_mask: np.ndarray
@@ -80,15 +83,18 @@ class Rollouts:
     response_mask: np.ndarray
     lengths: np.ndarray  # [R]
     scores: dict[str, np.ndarray]  # per key [R]; "overall" includes any length penalty
-    pixel_values: np.ndarray | None = None  # per row [R, N, ·]
-    image_grid_thw: np.ndarray | None = None  # per row [R, I, 3]
+    pixel_values: np.ndarray | None = None  # per prompt [R / n, N, ·]
+    image_grid_thw: np.ndarray | None = None  # per prompt [R / n, I, 3]
+    n: int = 1
 
     def take(self, rows: np.ndarray) -> Rollouts:
-        pick = lambda x: None if x is None else x[rows]
+        """The given rows, which must be whole groups in order (as `group_rows` gives)."""
+        groups = rows[:: self.n] // self.n
+        pick = lambda x: None if x is None else x[groups]
         return Rollouts(
             self.prompt_ids[rows], self.prompt_mask[rows], self.tokens[rows], self.response_mask[rows],
             self.lengths[rows], {k: v[rows] for k, v in self.scores.items()}, pick(self.pixel_values),
-            pick(self.image_grid_thw),
+            pick(self.image_grid_thw), self.n,
         )  # fmt: skip
 
 
@@ -104,7 +110,7 @@ def _pad_to(x: np.ndarray, axis: int, size: int, left: bool = False, value=0) ->
 
 
 def concatenate(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
-    """Rows of several rollout batches in one, prompts left-padded and per-row images padded to common sizes."""
+    """Rows of several rollout batches in one, prompts left-padded and per-prompt images padded to common sizes."""
     width = max(p.prompt_ids.shape[1] for p in parts)
     joined = lambda get, axis=1, **kw: np.concatenate([_pad_to(get(p), axis, max(get(q).shape[axis] for q in parts),
                                                                 **kw) for p in parts])  # fmt: skip
@@ -118,6 +124,7 @@ def concatenate(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
         scores={k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
         pixel_values=joined(lambda p: p.pixel_values) if images else None,
         image_grid_thw=joined(lambda p: p.image_grid_thw) if images else None,
+        n=parts[0].n,
     )
 
 
@@ -202,7 +209,7 @@ class GRPOTrainer:
         """Rollout and scoring of one prompt batch (accumulating reward stats and timings)."""
         cfg = self.config
         start = time.perf_counter()
-        # One conversion to the per-row image layout serves both the sampler and (repeated n times) the learner.
+        # One conversion to the per-row image layout serves both the sampler and the learner.
         ids, mask, pixels, grids = model_inputs(self.engine, self.learner.model_config, prompts, self.pad_token_id)
         out = self.engine.generate(
             self.learner.model(), ids, mask, pixel_values=pixels,
@@ -226,21 +233,20 @@ class GRPOTrainer:
             )
             scores["overall"] = scores["overall"] + scores["overlong_penalty"]
         timing["reward_s"] += time.perf_counter() - start
-        repeat = lambda x: None if x is None else np.repeat(x, cfg.n, 0)
-        return Rollouts(
-            repeat(ids), repeat(mask), tokens, response_mask, lengths, scores, repeat(pixels), repeat(grids)
-        )
+        repeat = lambda x: np.repeat(x, cfg.n, 0)
+        return Rollouts(repeat(ids), repeat(mask), tokens, response_mask, lengths, scores, pixels, grids, cfg.n)
 
     def _train_batch(self, rollouts: Rollouts) -> TrainBatch:
         group = self.learner.group_size(len(rollouts.lengths), self.config.n)
-        per_group = lambda x: None if x is None else x[::group]  # rollouts repeat the images to every row
+        # Rollouts keep images per prompt; only the row-by-row fallback needs them repeated to every row.
+        images = lambda x: x if x is None or group > 1 else np.repeat(x, rollouts.n, 0)
         return TrainBatch(
             input_ids=np.concatenate([rollouts.prompt_ids, rollouts.tokens], axis=1),
             attention_mask=np.concatenate([rollouts.prompt_mask, rollouts.response_mask], axis=1),
             response_mask=rollouts.response_mask,
             advantages=np.asarray(advantages.compute(self.config.advantage, rollouts.scores["overall"], self.config.n)),
-            pixel_values=per_group(rollouts.pixel_values),
-            image_grid_thw=per_group(rollouts.image_grid_thw),
+            pixel_values=images(rollouts.pixel_values),
+            image_grid_thw=images(rollouts.image_grid_thw),
             group_size=group,
         )
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from staged_vlm_jax import models
-from staged_vlm_jax.rl.grpo import GRPOConfig, GRPOTrainer, PromptBatch, overlong_penalty
+from staged_vlm_jax.rl.grpo import (
+    GRPOConfig,
+    GRPOTrainer,
+    PromptBatch,
+    Rollouts,
+    concatenate,
+    group_rows,
+    overlong_penalty,
+)
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig
 from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine
 from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
@@ -66,6 +74,47 @@ def test_step_with_images_reports_the_expected_metrics():
     assert expected <= set(metrics), expected - set(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
     assert metrics["skipped_updates"] == 0
+
+
+def test_shared_prompt_batch_equals_the_row_by_row_fallback():
+    """With images: the learner gets each prompt's image once (group_size n) or, with share_prompts off, once per
+    row; the same rollouts give the same loss and gradient norm either way."""
+    cfg = tiny()
+    rng = np.random.default_rng(1)
+    grids = [(1, 4, 4), (1, 8, 4)]
+    ids, mask = left_pad([prompt(rng, cfg, [g], [2, 3]) for g in grids], cfg.text.pad_token_id)
+    pixels = np.concatenate([image_patches(rng, cfg, g) for g in grids])
+    prompts = PromptBatch(ids, mask, ["", ""], pixels, np.array(grids), images_per_row=[1, 1])
+    results = {}
+    for share in (True, False):
+        trainer = make_trainer(cfg, LearnerConfig(num_minibatches=2, share_prompts=share), n=2, max_new_tokens=4)
+        seen = []
+        train_step = trainer.learner.train_step
+        trainer.learner.train_step = lambda batch, seen=seen, step=train_step: seen.append(batch) or step(batch)
+        results[share] = trainer.step(prompts, jax.random.key(0)), seen[0]
+    (shared, shared_batch), (per_row, per_row_batch) = results[True], results[False]
+    assert shared_batch.group_size == 2 and shared_batch.pixel_values.shape[0] == 2
+    assert per_row_batch.group_size == 1 and per_row_batch.pixel_values.shape[0] == 4
+    np.testing.assert_array_equal(per_row_batch.pixel_values[::2], shared_batch.pixel_values)
+    np.testing.assert_array_equal(per_row_batch.input_ids, shared_batch.input_ids)
+    for key in ("loss", "pg_loss", "kl_loss", "entropy", "grad_norm"):
+        assert shared[key] == pytest.approx(per_row[key], rel=1e-5, abs=1e-6), key
+
+
+def test_rollouts_keep_images_per_prompt_through_take_and_concatenate():
+    n, groups = 2, 3
+    part = Rollouts(
+        prompt_ids=np.repeat(np.arange(groups)[:, None], n, 0), prompt_mask=np.ones((groups * n, 1), np.int32),
+        tokens=np.arange(groups * n)[:, None], response_mask=np.ones((groups * n, 1), np.int32),
+        lengths=np.ones(groups * n, np.int32), scores={"overall": np.arange(groups * n, dtype=np.float32)},
+        pixel_values=np.arange(groups, dtype=np.float32)[:, None, None], image_grid_thw=np.ones((groups, 1, 3)), n=n,
+    )  # fmt: skip
+    kept = part.take(group_rows(np.array([True, False, True]), n))
+    np.testing.assert_array_equal(kept.tokens[:, 0], [0, 1, 4, 5])
+    np.testing.assert_array_equal(kept.pixel_values[:, 0, 0], [0, 2])
+    joined = concatenate([kept, part.take(group_rows(np.array([False, True, False]), n))], pad_token_id=0)
+    np.testing.assert_array_equal(joined.prompt_ids[::n, 0], joined.pixel_values[:, 0, 0])
+    assert joined.n == n
 
 
 def test_overlong_penalty_in_tokens():
