@@ -25,7 +25,7 @@ one process. Each phase is reported as the median over the steady steps.
 - Ours: `GRPOTrainer.step`, with phases from its ``time/rollout_s`` and ``time/train_s`` metrics. Our train step is
   one compiled program: old log-probs (ours always recomputes them, EasyR1 style), reference log-probs, then the
   update. So its reference log-probs sit inside "update". They are also timed on their own, as the jitted
-  `Learner._log_probs` of the reference weights on a batch of the same shape, run after each step and kept out of
+  `Learner.log_probs` of the reference weights on a batch of the same shape, run after each step and kept out of
   the step's time.
 - tunix: one step of ``RLLearner.train``, run without its data-loader thread and queue. That is the learner's own
   ``_generate_and_compute_advantage`` (rollout, reference log-probs, rewards, advantages) followed by
@@ -72,10 +72,11 @@ from tunix.rl.grpo import grpo_learner
 from tunix.rl.rollout import base_rollout
 
 from staged_vlm_jax import models
+from staged_vlm_jax.data.batch import PromptBatch
 from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig, tiny_config
-from staged_vlm_jax.rl.grpo import GRPOConfig, GRPOTrainer, PromptBatch
+from staged_vlm_jax.rl.grpo import GRPOTrainer, RolloutConfig
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch, make_optimizer, response_log_probs
-from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine
+from staged_vlm_jax.rl.rollout import EngineConfig, RolloutEngine
 
 PROMPTS, GENERATIONS, PROMPT_LEN, NEW_TOKENS = 4, 4, 32, 32
 VOCAB = 1024
@@ -288,10 +289,10 @@ def tunix_algo_config(cfg: LearnerConfig) -> ClippedGRPOConfig:
 
 
 def make_ours(model: Qwen2_5_VL, share_prompts: bool) -> GRPOTrainer:
-    engine = RolloutEngine(RolloutConfig(prompt_buckets=(PROMPT_LEN,), new_token_buckets=(NEW_TOKENS,)))
+    engine = RolloutEngine(EngineConfig(prompt_buckets=(PROMPT_LEN,), new_token_buckets=(NEW_TOKENS,)))
     return GRPOTrainer(
         Learner(model, dataclasses.replace(OBJECTIVE, share_prompts=share_prompts)), engine, our_score, decode,
-        GRPOConfig(n=GENERATIONS, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0),
+        RolloutConfig(n=GENERATIONS, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0),
         eos_token_ids=(EOS,), pad_token_id=PAD,
     )  # fmt: skip
 
@@ -342,7 +343,7 @@ def our_ref_log_probs(trainer: GRPOTrainer) -> Callable[[TrainBatch], jax.Array]
     """Our train step's reference log-probs as a program of their own (the step itself runs them inside)."""
     learner = trainer.learner
     rows = PROMPTS * GENERATIONS
-    program = jax.jit(lambda state, batch: learner._log_probs(state.ref_params, state.frozen, batch, rows))
+    program = jax.jit(lambda state, batch: learner.log_probs(state.ref_params, state.frozen, batch, rows))
     return lambda batch: program(learner.state, batch).block_until_ready()
 
 

@@ -42,7 +42,7 @@ from harness import hf_qwen2_5_vl, image_prompts, median_seconds
 
 from staged_vlm_jax import models
 from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, tiny_config
-from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine
+from staged_vlm_jax.rl.rollout import EngineConfig, RolloutEngine
 
 GRID = (1, 16, 16)  # one 224x224 image in 14 px patches -> 64 image tokens
 TEXT_BEFORE, TEXT_AFTER = (4, 20), (8, 40)  # inclusive ranges of text lengths around the image
@@ -95,7 +95,7 @@ def our_generate(
 
     A fresh engine, so its first call compiles; every new-token count up to ``bucket`` runs that one program.
     """
-    engine = RolloutEngine(RolloutConfig(new_token_buckets=(bucket,)))
+    engine = RolloutEngine(EngineConfig(new_token_buckets=(bucket,)))
 
     def run(new_tokens: int) -> np.ndarray:
         out = engine.generate(

@@ -128,7 +128,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from staged_vlm_jax.train.stages import export_hf
+    from staged_vlm_jax.train.export import export_hf
 
     out, step = export_hf(args.checkpoint, args.out, args.step)
     print(f"exported step {step} to {out}")
@@ -190,7 +190,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from staged_vlm_jax.models import CheckpointError, ConfigError
     from staged_vlm_jax.train.checkpoint import IncompatibleCheckpointError
     from staged_vlm_jax.train.config import ConfigKeyError
-    from staged_vlm_jax.train.stages import ConfigMismatchError
+    from staged_vlm_jax.train.workdir import ConfigMismatchError
 
     return (ConfigKeyError, ConfigMismatchError, ConfigError, DataError, TokenizerError, CheckpointError,
             IncompatibleCheckpointError, FileNotFoundError)  # fmt: skip

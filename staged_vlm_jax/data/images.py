@@ -276,11 +276,12 @@ _BLEND_ON_WHITE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "pil": _blend_on_white_pil_backend,
     "torchvision": _blend_on_white_torchvision_backend,
 }
-_RESIZE: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+# The resize kernel and the normalization table of each HF processor backend (tests compare them with torch's).
+RESIZE: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
     "pil": _resize_pil,
     "torchvision": _resize_torchvision,
 }
-_NORMALIZATION_TABLE: dict[str, Callable[[Sequence[float], Sequence[float]], np.ndarray]] = {
+NORMALIZATION_TABLE: dict[str, Callable[[Sequence[float], Sequence[float]], np.ndarray]] = {
     "pil": _normalization_table_pil,
     "torchvision": _normalization_table_torchvision,
 }
@@ -341,8 +342,8 @@ def qwen_preprocess(
     backend = resolve_backend(backend)
     rgb = to_rgb(image, backend)
     height, width = smart_resize(rgb.shape[0], rgb.shape[1], patch_size * merge_size, min_pixels, max_pixels)
-    resized = _RESIZE[backend](rgb, height, width)
-    table = _NORMALIZATION_TABLE[backend](image_mean, image_std)
+    resized = RESIZE[backend](rgb, height, width)
+    table = NORMALIZATION_TABLE[backend](image_mean, image_std)
 
     normalized = np.empty(resized.shape, np.float32)
     for channel in range(3):

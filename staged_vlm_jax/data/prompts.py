@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
+from staged_vlm_jax.data.batch import ImageTokenMismatchError, image_token_counts
 from staged_vlm_jax.data.schema import IMAGE_PLACEHOLDER
 from staged_vlm_jax.data.tokenizer import IMAGE_PAD
-from staged_vlm_jax.models.qwen2_5_vl import ImageTokenMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def image_feature_counts(grids: Sequence[Sequence[int]], merge_size: int = 2, pr
                 f"{_where(problem_id)}: image {index} has grid_thw {thw.tolist()}; expected three positive "
                 f"integers with h and w divisible by merge_size {merge_size}"
             )
-        counts.append(int(np.prod(thw)) // (merge_size * merge_size))
+        counts.append(int(image_token_counts(thw, merge_size)))
     return counts
 
 

@@ -19,6 +19,10 @@ of the numbers, the number of steps), so difficulty curricula have something to 
 Generation is deterministic: one NumPy ``Generator`` seeded from (seed, capability) draws every row in order,
 so the same seed gives byte-identical files (for the same NumPy and Pillow versions) and the first k rows of a
 larger set equal a k-row set.
+
+Longer than most modules because it holds one generator per capability and family of figures (shapes, counting,
+geometry, arithmetic) with their drawing code; they share the writer and the difficulty scale, and splitting
+them apart would scatter that one contract.
 """
 
 from __future__ import annotations

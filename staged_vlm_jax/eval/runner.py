@@ -12,7 +12,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from staged_vlm_jax.rl.grpo import PromptBatch, ScoreFn
+from staged_vlm_jax.data.batch import PromptBatch
+from staged_vlm_jax.rl.grpo import ScoreFn
 from staged_vlm_jax.rl.rollout import RolloutEngine
 
 

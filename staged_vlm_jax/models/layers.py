@@ -199,10 +199,6 @@ class KVCache:
     length: jax.Array
     next_position: jax.Array
 
-    @property
-    def size(self) -> int:
-        return self.key_mask.shape[1]
-
     def repeat(self, n: int) -> KVCache:
         """Each row repeated n times in place (row i -> rows i·n … i·n + n − 1), e.g. for a group of n samples."""
         return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, self)

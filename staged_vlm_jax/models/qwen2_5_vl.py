@@ -4,6 +4,11 @@ The forward takes the tensors HF's ``Qwen2_5_VLForConditionalGeneration.forward`
 ``attention_mask``, flattened ``pixel_values`` and ``image_grid_thw``) and computes the same logits. Besides the
 full forward, `prefill` / `decode` run the very same layers against a `KVCache`, so the rollout engine and the
 learner share one module and cannot drift apart.
+
+Longer than most modules because it is one model family whole: HF config conversion, M-RoPE positions, image
+input checks and the module's four entry points (forward, prefill, decode, grouped prompt sharing) — the pieces a
+parity test compares with transformers' single ``modeling_qwen2_5_vl.py``. Shared layers live in `layers` and
+`vision`, batch layout in `data.batch`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from staged_vlm_jax.data.batch import ImageTokenMismatchError, image_token_counts
 from staged_vlm_jax.models.layers import (
     Attention,
     Embed,
@@ -35,10 +41,6 @@ ACTIVATION_AXES = ("batch", None, None)
 
 class ConfigError(ValueError):
     """A config.json (or config dict) that cannot describe a supported model; the message names the key."""
-
-
-class ImageTokenMismatchError(ValueError):
-    """The number of image placeholder tokens differs from the number of image features."""
 
 
 def _require(d: dict[str, Any], key: str, where: str):
@@ -242,58 +244,6 @@ def tiny_config(
     )
 
 
-def per_row_images(
-    pixel_values: np.ndarray,
-    image_grid_thw: np.ndarray,
-    images_per_row: list[int],
-    patches_per_row: int | None = None,
-    slots_per_row: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Packed images (HF layout) -> the per-row layout: [B, patches_per_row, ·] zero-padded patches and
-    [B, slots_per_row, 3] grids with empty slots (0, 0, 0). Defaults are the batch's maxima; pass bucket sizes to
-    fix the shapes."""
-    grid = np.asarray(image_grid_thw, np.int32).reshape(-1, 3)
-    if sum(images_per_row) != len(grid):
-        raise ValueError(
-            f"images_per_row {images_per_row} sums to {sum(images_per_row)}, but there are {len(grid)} grids"
-        )
-    sizes = np.prod(grid, axis=1)
-    image_end = np.cumsum(images_per_row)
-    patch_end = np.concatenate([[0], np.cumsum(sizes)])[image_end]
-    patch_start = np.concatenate([[0], patch_end[:-1]])
-    patches_per_row = patches_per_row or int(max(patch_end - patch_start, default=0))
-    slots_per_row = slots_per_row or max(images_per_row, default=0)
-    if max(patch_end - patch_start, default=0) > patches_per_row or max(images_per_row, default=0) > slots_per_row:
-        raise ValueError(f"a row needs more than {patches_per_row} patches or {slots_per_row} image slots")
-    pixels = np.zeros((len(images_per_row), patches_per_row, pixel_values.shape[-1]), pixel_values.dtype)
-    grids = np.zeros((len(images_per_row), slots_per_row, 3), np.int32)
-    for row, (start, end, count) in enumerate(zip(patch_start, patch_end, images_per_row, strict=True)):
-        pixels[row, : end - start] = pixel_values[start:end]
-        grids[row, :count] = grid[image_end[row] - count : image_end[row]]
-    return pixels, grids
-
-
-def images_per_row_from_ids(input_ids, image_grid_thw, image_token_id: int, merge_size: int) -> list[int]:
-    """How many of the packed images (in order) each row's placeholders consume; raises if they do not partition."""
-    grid = np.asarray(image_grid_thw).reshape(-1, 3)
-    tokens_per_image = np.prod(grid, axis=1) // (merge_size * merge_size)
-    per_row, image = [], 0
-    for row, wanted in enumerate(np.sum(np.asarray(input_ids) == image_token_id, axis=1)):
-        start, taken = image, 0
-        while taken < wanted and image < len(grid):
-            taken += int(tokens_per_image[image])
-            image += 1
-        if taken != wanted:
-            raise ImageTokenMismatchError(
-                f"row {row}: {int(wanted)} image placeholder tokens do not match whole images of image_grid_thw "
-                f"(images {start}.. give {taken} tokens)"
-            )
-        per_row.append(image - start)
-    if image != len(grid):
-        raise ImageTokenMismatchError(f"{len(grid) - image} image(s) of image_grid_thw have no placeholders")
-    return per_row
-
-
 def rope_positions(
     input_ids: jax.Array,
     attention_mask: jax.Array,
@@ -316,7 +266,7 @@ def rope_positions(
         # Per-row grids [B, I, 3] flatten to the packed order; empty slots (0, 0, 0) hold no tokens.
         grid = image_grid_thw.reshape(-1, 3).astype(jnp.int32)
         h, w = grid[:, 1] // merge_size, grid[:, 2] // merge_size
-        tokens = grid[:, 0] * h * w
+        tokens = image_token_counts(grid, merge_size)
         ends = jnp.cumsum(tokens)
         flat = is_image.reshape(-1)
         index = (jnp.cumsum(flat) - 1).reshape(input_ids.shape)  # rank among all image tokens of the batch
@@ -331,13 +281,6 @@ def rope_positions(
     start = jnp.cumsum(advance, axis=1) - advance
     positions = jnp.where(valid[None], start[None] + offsets, 0)
     return positions, jnp.max(positions, axis=(0, 2)) + 1
-
-
-def image_features_count(image_grid_thw, merge_size: int):
-    """LLM image tokens the grids describe, Σ t·h·w / merge² over the last grid axis ([I, 3] -> scalar, per-row
-    [B, I, 3] -> [B])."""
-    grid = jnp.asarray(image_grid_thw)
-    return jnp.sum(grid[..., 0] * grid[..., 1] * grid[..., 2], axis=-1) // (merge_size * merge_size)
 
 
 def check_image_inputs(input_ids, pixel_values, image_grid_thw, image_token_id: int, merge_size: int) -> None:
@@ -363,7 +306,7 @@ def check_image_inputs(input_ids, pixel_values, image_grid_thw, image_token_id: 
             f"pixel_values has {pixel_values.shape[0]} patch rows but image_grid_thw {grid.tolist()} "
             f"describes {patches}"
         )
-    features = patches // (merge_size * merge_size)
+    features = int(np.sum(image_token_counts(grid.reshape(-1, 3), merge_size)))
     per_row = np.asarray(input_ids == image_token_id).sum(axis=-1)
     if int(per_row.sum()) != features:
         raise ImageTokenMismatchError(
@@ -462,12 +405,12 @@ class Qwen2_5_VL(nnx.Module):
         if features.ndim == 3:  # per row: each row's placeholders take its own features
             index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
             placed = jnp.take_along_axis(features, index[..., None], axis=1)
-            mismatch = jnp.sum(is_image, axis=1) != image_features_count(image_grid_thw, merge_size)
+            mismatch = jnp.sum(is_image, axis=1) != jnp.sum(image_token_counts(image_grid_thw, merge_size), axis=-1)
             mismatch = mismatch[:, None, None]
         else:  # packed: placeholders of the whole batch take the features in order
             index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(input_ids.shape)
             placed = jnp.take(features, jnp.clip(index, 0, features.shape[0] - 1), axis=0)
-            mismatch = jnp.sum(is_image) != image_features_count(image_grid_thw, merge_size)
+            mismatch = jnp.sum(is_image) != jnp.sum(image_token_counts(image_grid_thw, merge_size), axis=-1)
         x = jnp.where(is_image[..., None], placed, x)
         return jnp.where(mismatch, jnp.nan, x)
 

@@ -8,6 +8,8 @@ replicated rather than rejected, so tiny test models and odd head counts still p
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -128,15 +130,34 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping[str, MeshAxes] = D
     return model
 
 
-def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> jax.Array:
+_ACTIVE_RULES: contextvars.ContextVar[Mapping[str, MeshAxes]] = contextvars.ContextVar("rules", default=DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def axis_rules(rules: Mapping[str, MeshAxes]):
+    """The rules `constrain` applies while tracing inside this context (as Flax's ``logical_axis_rules``).
+
+    The learner and the rollout engine trace their programs under their own rules, so a model's activation
+    constraints follow whatever rules the run was configured with, and model code never names a rules table.
+    """
+    token = _ACTIVE_RULES.set(rules)
+    try:
+        yield rules
+    finally:
+        _ACTIVE_RULES.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping[str, MeshAxes] | None = None) -> jax.Array:
     """Pins an activation's sharding by logical axes when traced under ``jax.set_mesh`` with our mesh axes.
 
-    Without it GSPMD may keep the batch on ``data`` only and replicate it over ``fsdp``; outside a mesh context
-    (single device, eager use) it is a no-op, so the models stay mesh-agnostic.
+    ``rules`` default to the active `axis_rules`. Without the constraint GSPMD may keep the batch on ``data`` only
+    and replicate it over ``fsdp``; outside a mesh context (single device, eager use) it is a no-op, so the models
+    stay mesh-agnostic.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
         return x
+    rules = _ACTIVE_RULES.get() if rules is None else rules
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
 
 
@@ -145,8 +166,10 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, MeshAxes] = DEFAUL
     return NamedSharding(mesh, PartitionSpec(rules["batch"], *([None] * (ndim - 1))))
 
 
-def batch_shards(mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> int:
-    """How many ways the batch axis is split (a global batch must be a multiple of it)."""
+def batch_shards(mesh: Mesh | None, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> int:
+    """How many ways the batch axis is split (a global batch must be a multiple of it); 1 without a mesh."""
+    if mesh is None:
+        return 1
     axes = rules["batch"]
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return math.prod(mesh.shape[a] for a in axes)

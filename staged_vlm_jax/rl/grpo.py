@@ -15,18 +15,21 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from staged_vlm_jax.data.batch import PromptBatch, pad_axis
 from staged_vlm_jax.rl import advantages
 from staged_vlm_jax.rl.learner import Learner, TrainBatch
-from staged_vlm_jax.rl.rollout import RolloutEngine, bucket
+from staged_vlm_jax.rl.rollout import RolloutEngine
 
 # (responses, ground_truths) -> (per-response {"overall", ...} dicts, stats such as reward/timeouts)
 ScoreFn = Callable[[Sequence[str], Sequence[str]], tuple[list[dict[str, float]], dict[str, float]]]
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOConfig:
-    """Rollout, reward-shaping and sampling settings of a GRPO stage (the paper: n=5, temperature 1, grpo
-    advantages, no length penalty, no dynamic sampling).
+class RolloutConfig:
+    """The run config's ``rollout`` section: how a GRPO step samples its groups and turns their rewards into
+    advantages (the paper: n=5, temperature 1, grpo advantages, no length penalty, no dynamic sampling). ``n`` is
+    the group size everywhere (`Rollouts.n`, `advantages.compute`'s ``group_size``, `TrainBatch.group_size` when
+    the learner shares prompts). The engine's shape buckets are `rollout.EngineConfig` (section ``engine``).
 
     ``overlong_buffer`` > 0 turns on DAPO's soft overlong penalty (in tokens, see `overlong_penalty`).
     ``dynamic_sampling`` drops groups whose rewards are all equal (no learning signal) and refills from the
@@ -51,23 +54,6 @@ def overlong_penalty(lengths: np.ndarray, max_length: int, buffer: int, factor: 
     at max_length: min(0, −(length − (max_length − buffer)) / buffer) · factor."""
     expected = max_length - buffer
     return np.minimum(0.0, -(np.asarray(lengths, np.float32) - expected) / buffer) * factor
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptBatch:
-    """Tokenized prompts of one step, left-padded, images in HF's packed layout.
-
-    input_ids / attention_mask [B, P]; pixel_values [N, ·] and image_grid_thw [I, 3] (or None for text-only
-    batches); ground_truths [B]. Which images belong to which prompt follows from the placeholders in order;
-    images_per_row [B] records it for readers of the batch.
-    """
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    ground_truths: Sequence[str]
-    pixel_values: np.ndarray | None = None
-    image_grid_thw: np.ndarray | None = None
-    images_per_row: Sequence[int] | None = None
 
 
 @dataclasses.dataclass
@@ -103,21 +89,15 @@ def group_rows(selected: np.ndarray, n: int) -> np.ndarray:
     return (np.flatnonzero(selected)[:, None] * n + np.arange(n)).reshape(-1)
 
 
-def _pad_to(x: np.ndarray, axis: int, size: int, left: bool = False, value=0) -> np.ndarray:
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (size - x.shape[axis], 0) if left else (0, size - x.shape[axis])
-    return np.pad(x, pad, constant_values=value)
-
-
 def concatenate(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
     """Rows of several rollout batches in one, prompts left-padded and per-prompt images padded to common sizes."""
     width = max(p.prompt_ids.shape[1] for p in parts)
-    joined = lambda get, axis=1, **kw: np.concatenate([_pad_to(get(p), axis, max(get(q).shape[axis] for q in parts),
-                                                                **kw) for p in parts])  # fmt: skip
+    joined = lambda get, axis=1: np.concatenate([pad_axis(get(p), axis, max(get(q).shape[axis] for q in parts))
+                                                 for p in parts])  # fmt: skip
     images = parts[0].pixel_values is not None
     return Rollouts(
-        prompt_ids=np.concatenate([_pad_to(p.prompt_ids, 1, width, left=True, value=pad_token_id) for p in parts]),
-        prompt_mask=np.concatenate([_pad_to(p.prompt_mask, 1, width, left=True) for p in parts]),
+        prompt_ids=np.concatenate([pad_axis(p.prompt_ids, 1, width, left=True, value=pad_token_id) for p in parts]),
+        prompt_mask=np.concatenate([pad_axis(p.prompt_mask, 1, width, left=True) for p in parts]),
         tokens=np.concatenate([p.tokens for p in parts]),
         response_mask=np.concatenate([p.response_mask for p in parts]),
         lengths=np.concatenate([p.lengths for p in parts]),
@@ -126,23 +106,6 @@ def concatenate(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
         image_grid_thw=joined(lambda p: p.image_grid_thw) if images else None,
         n=parts[0].n,
     )
-
-
-def model_inputs(
-    engine: RolloutEngine, model_config, prompts: PromptBatch, pad_token_id: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """input_ids, attention_mask, pixel_values, image_grid_thw of ``prompts`` in the shapes every step of a stage
-    shares: prompts left-padded to the engine's prompt bucket, images in the per-row layout padded to its patch
-    bucket (None without images)."""
-    width = bucket(prompts.input_ids.shape[1], engine.config.prompt_buckets)
-    ids = _pad_to(np.asarray(prompts.input_ids, np.int32), 1, width, left=True, value=pad_token_id)
-    mask = _pad_to(np.asarray(prompts.attention_mask, np.int32), 1, width, left=True)
-    if prompts.pixel_values is None:
-        return ids, mask, None, None
-    pixels, grids = engine.per_row_images(
-        model_config, ids, np.asarray(prompts.pixel_values), np.asarray(prompts.image_grid_thw), ids.shape[0]
-    )
-    return ids, mask, pixels, grids
 
 
 class GRPOTrainer:
@@ -154,7 +117,7 @@ class GRPOTrainer:
         engine: RolloutEngine,
         score: ScoreFn,
         decode: Callable[[Sequence[int]], str],
-        config: GRPOConfig,
+        config: RolloutConfig,
         *,
         eos_token_ids: Sequence[int],
         pad_token_id: int,
@@ -210,7 +173,7 @@ class GRPOTrainer:
         cfg = self.config
         start = time.perf_counter()
         # One conversion to the per-row image layout serves both the sampler and the learner.
-        ids, mask, pixels, grids = model_inputs(self.engine, self.learner.model_config, prompts, self.pad_token_id)
+        ids, mask, pixels, grids = self.engine.model_inputs(self.learner.model_config, prompts, self.pad_token_id)
         out = self.engine.generate(
             self.learner.model(), ids, mask, pixel_values=pixels,
             image_grid_thw=grids, max_new_tokens=cfg.max_new_tokens, n=cfg.n,

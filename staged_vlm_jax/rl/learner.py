@@ -1,11 +1,12 @@
-"""GRPO learner: train state, log-prob recomputation and the jitted, sharded policy-gradient step.
+"""The learner: train state, log-prob recomputation and the jitted, sharded update step of every stage kind.
 
 One `Learner.train_step` consumes the rollouts of one RL step (B prompts × n responses = R rows) exactly as
 EasyR1 does: old log-probs are computed once with the current weights, reference log-probs with the stage's
 initial weights, then the rows are cut into ``num_minibatches`` mini-batches, one AdamW update each; a mini-batch
 is processed in micro-batches whose gradients are accumulated *exactly* — every micro-batch's loss is normalised
 by the whole mini-batch's unit count (tokens for token-mean, sequences otherwise), so the sum of micro-batch
-gradients is the mini-batch gradient for every aggregation mode.
+gradients is the mini-batch gradient for every aggregation mode. The loss itself is a named objective
+(`objectives.OBJECTIVES`: the GRPO policy-gradient objective, or the NLL of SFT stages).
 
 Only parameters matching ``trainable`` regexes get gradients and optimizer state; the rest stay bit-identical.
 A non-finite loss or gradient skips the update (parameters and optimizer state unchanged) and is counted.
@@ -24,8 +25,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, batch_shards, state_shardings
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, axis_rules, batch_shards, state_shardings
 from staged_vlm_jax.rl import losses
+from staged_vlm_jax.rl.objectives import OBJECTIVES
+from staged_vlm_jax.rl.optimizers import OPTIMIZER_PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,11 @@ class LearnerConfig:
     temperature: float = 1.0
     trainable: tuple[str, ...] = (r".*",)  # regexes over dotted parameter paths, e.g. r"^language_model\."
     share_prompts: bool = True  # run a GRPO group's shared prompt once (exact; see TrainBatch.group_size)
+    objective: str = "policy_gradient"  # an `objectives.OBJECTIVES` name: what a micro-batch's loss is
+    # How updates reach low-precision (bf16) weights, an `optimizers.OPTIMIZER_PRECISIONS` name: "kahan" (Kahan-
+    # compensated, EasyR1's adamw_bf16), "fp32_master" (fp32 master weights) or "plain" (AdamW applied to the bf16
+    # weights directly: at lr 1e-6 most updates round away). fp32 weights get plain AdamW, bit-identical, with any.
+    optimizer_precision: str = "kahan"
 
 
 @flax.struct.dataclass
@@ -103,11 +111,18 @@ def learning_rate_schedule(cfg: LearnerConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW."""
+    """Global-norm clipping then AdamW, applied to low-precision weights as ``cfg.optimizer_precision`` says (a no-op
+    wrapper for fp32 weights)."""
+    if cfg.optimizer_precision not in OPTIMIZER_PRECISIONS:
+        raise ValueError(
+            f"learner.optimizer_precision {cfg.optimizer_precision!r} is not one of {sorted(OPTIMIZER_PRECISIONS)}"
+        )
     lr = learning_rate_schedule(cfg)
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm),
-        optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps, weight_decay=cfg.weight_decay),
+    return OPTIMIZER_PRECISIONS[cfg.optimizer_precision](
+        optax.chain(
+            optax.clip_by_global_norm(cfg.max_grad_norm),
+            optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps, weight_decay=cfg.weight_decay),
+        )
     )
 
 
@@ -168,6 +183,9 @@ class Learner:
         self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.trainable), ...)
         if not jax.tree.leaves(params):
             raise ValueError(f"learner.trainable {config.trainable} matches no parameter")
+        if config.objective not in OBJECTIVES:
+            raise ValueError(f"learner.objective {config.objective!r} is not one of {sorted(OBJECTIVES)}")
+        self.objective = OBJECTIVES[config.objective]
         self.tx = make_optimizer(config)
         self.learning_rate = learning_rate_schedule(config)
         scalar = jnp.zeros((), jnp.int32)
@@ -198,12 +216,12 @@ class Learner:
                 in_shardings=(state_sharding, rows),
                 out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())),
             )
+        self.num_compilations = 0  # traces of the train step (one per batch shape; more means recompiles)
         self._step = jax.jit(self._train_step, donate_argnums=0, **jit_kwargs)
 
-    def model(self, state: TrainState | None = None, reference: bool = False) -> nnx.Module:
-        """The current (or reference) model as an NNX module, e.g. for the rollout engine."""
-        state = state or self.state
-        return nnx.merge(self.graphdef, state.ref_params if reference else state.params, state.frozen)
+    def model(self) -> nnx.Module:
+        """The current model as an NNX module, e.g. for the rollout engine."""
+        return nnx.merge(self.graphdef, self.state.params, self.state.frozen)
 
     def place_batch(self, batch: TrainBatch) -> TrainBatch:
         """Puts host arrays on the mesh, rows over the batch axes (a no-op without a mesh)."""
@@ -218,7 +236,7 @@ class Learner:
     def group_size(self, rows: int, n: int) -> int:
         """The ``TrainBatch.group_size`` for ``rows`` rows in groups of ``n``: n where sharing is on and every
         mini-batch, micro-batch and batch shard holds whole groups, else 1 (each row runs its own prompt)."""
-        shards = 1 if self.mesh is None else batch_shards(self.mesh, self.rules)
+        shards = batch_shards(self.mesh, self.rules)
         whole = batch_split_error(self.config, rows, n) is None and (rows // n) % shards == 0
         return n if self.config.share_prompts and n > 1 and whole else 1
 
@@ -227,13 +245,15 @@ class Learner:
         error = batch_split_error(self.config, batch.input_ids.shape[0], batch.group_size)
         if error:
             raise ValueError(error)
-        self.state, metrics = self._step(self.state, self.place_batch(batch))
+        with axis_rules(self.rules):  # the model's activation constraints follow this learner's rules
+            self.state, metrics = self._step(self.state, self.place_batch(batch))
         return metrics
 
     # -- compiled ---------------------------------------------------------------------------------------------------
 
-    def _log_probs(self, params, frozen, batch: TrainBatch, micro: int) -> jax.Array:
-        """Log-probs of every row with ``params``, micro-batch by micro-batch (no gradients)."""
+    def log_probs(self, params, frozen, batch: TrainBatch, micro: int) -> jax.Array:
+        """Log-probs of every row with ``params`` (and ``frozen``), ``micro`` rows at a time, without gradients: the
+        old- and reference-log-prob passes of the train step (traceable; jit it to run it on its own)."""
         rows = batch.input_ids.shape[0]
         model_batch = batch.replace(old_log_probs=None)
         chunks = _split_rows(model_batch, rows // micro)
@@ -241,6 +261,7 @@ class Learner:
         return jax.lax.stop_gradient(jax.lax.map(fn, chunks).reshape(rows, -1))
 
     def _train_step(self, state: TrainState, batch: TrainBatch):
+        self.num_compilations += 1  # runs at trace time only
         cfg = self.config
         rows = batch.input_ids.shape[0]
         per_minibatch = rows // cfg.num_minibatches
@@ -252,14 +273,14 @@ class Learner:
         if first_is_current:
             later = jax.tree.map(lambda x: x[x.shape[0] // cfg.num_minibatches :], batch)  # rows or groups
             old_later = (
-                self._log_probs(state.params, state.frozen, later, micro)
+                self.log_probs(state.params, state.frozen, later, micro)
                 if cfg.num_minibatches > 1
                 else jnp.zeros((0, batch.response_mask.shape[1]), jnp.float32)
             )
             old = jnp.concatenate([jnp.zeros((per_minibatch, old_later.shape[1]), jnp.float32), old_later])
             batch = batch.replace(old_log_probs=old)
         ref_log_probs = (
-            self._log_probs(state.ref_params, state.frozen, batch, micro)
+            self.log_probs(state.ref_params, state.frozen, batch, micro)
             if cfg.kl_coef
             else jnp.zeros_like(batch.old_log_probs)
         )
@@ -273,19 +294,12 @@ class Learner:
             def loss_fn(p):
                 log_probs, entropy = response_log_probs(nnx.merge(self.graphdef, p, frozen), mb, cfg.temperature)
                 old = jnp.where(own_old, jax.lax.stop_gradient(log_probs), mb.old_log_probs)
-                pg_loss, pg_metrics = losses.policy_loss(
-                    log_probs, old, mb.advantages, mb.response_mask, cfg.clip_low, cfg.clip_high,
-                    cfg.clip_dual, cfg.loss_type, cfg.loss_agg, units,
-                )  # fmt: skip
-                kl = losses.aggregate(losses.kl_penalty(log_probs, ref, cfg.kl_kind), mb.response_mask, cfg.loss_agg,
-                                      units)  # fmt: skip
+                loss, terms, sums = self.objective(cfg, log_probs, old, ref, mb, units)
                 tokens = jnp.sum(mb.response_mask)
                 # Token-weighted sums, so metrics over micro-batches combine into exact mini-batch means.
-                sums = {k: v * tokens for k, v in pg_metrics.items()}
-                sums["entropy"] = jnp.sum(entropy * mb.response_mask)
-                sums["kl_token_mean"] = jnp.sum(losses.kl_penalty(log_probs, ref, cfg.kl_kind) * mb.response_mask)
+                sums = {**sums, "entropy": jnp.sum(entropy * mb.response_mask)}
                 sums["nll"] = -jnp.sum(log_probs * mb.response_mask)  # of the batch's tokens (the SFT loss)
-                return pg_loss + cfg.kl_coef * kl, (pg_loss, kl, sums, tokens)
+                return loss, ({"loss": loss, **terms, "tokens": tokens}, sums)
 
             return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
@@ -296,26 +310,22 @@ class Learner:
             own_old = first_is_current & (index == 0)
 
             def accumulate(acc, chunk):
-                (loss, (pg, kl, sums, tokens)), grads = micro_step(params, state.frozen, units, own_old, chunk)
+                (_, aux), grads = micro_step(params, state.frozen, units, own_old, chunk)
                 grads_acc, totals = acc
-                grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-                totals = jax.tree.map(jnp.add, totals, {"loss": loss, "pg_loss": pg, "kl_loss": kl, "tokens": tokens,
-                                                         **sums})  # fmt: skip
-                return (grads_acc, totals), None
+                return (jax.tree.map(jnp.add, grads_acc, grads), jax.tree.map(jnp.add, totals, aux)), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            metric_keys = ("loss", "pg_loss", "kl_loss", "tokens", "pg_clipfrac_higher", "pg_clipfrac_lower",
-                           "ppo_kl", "entropy", "kl_token_mean", "nll")  # fmt: skip
-            totals0 = {k: jnp.zeros((), jnp.float32) for k in metric_keys}
-            (grads, totals), _ = jax.lax.scan(accumulate, (zeros, totals0), minibatch)
+            first = jax.tree.map(lambda x: x[0], minibatch)
+            aux_shapes = jax.eval_shape(micro_step, params, state.frozen, units, own_old, first)[0][1]
+            totals0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shapes)
+            (grads, (totals, sums)), _ = jax.lax.scan(accumulate, (zeros, totals0), minibatch)
             grad_norm = optax.tree.norm(grads)
             finite = jnp.isfinite(grad_norm) & jnp.isfinite(totals["loss"])
             updates, new_opt_state = self.tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
             tokens = jnp.maximum(totals.pop("tokens"), 1)
-            metrics = {k: totals[k] for k in ("loss", "pg_loss", "kl_loss")}
-            metrics.update({k: totals[k] / tokens for k in metric_keys[4:]})
+            metrics = {**totals, **{k: v / tokens for k, v in sums.items()}}
             metrics["grad_norm"] = grad_norm
             carry = (keep(new_params, params), keep(new_opt_state, opt_state), skipped + (~finite).astype(jnp.int32))
             return carry, metrics

@@ -16,7 +16,6 @@ which token is drawn. Response masks include the EOS token (EasyR1/verl conventi
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import math
@@ -29,8 +28,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from staged_vlm_jax.models.qwen2_5_vl import images_per_row_from_ids, per_row_images
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, batch_sharding, batch_shards, constrain
+from staged_vlm_jax.data.batch import PromptBatch, bucket, model_inputs, to_per_row
+from staged_vlm_jax.models.sharding import (
+    DEFAULT_RULES,
+    MeshAxes,
+    axis_rules,
+    batch_sharding,
+    batch_shards,
+    constrain,
+)
 
 
 class CacheTooLargeError(ValueError):
@@ -52,7 +58,7 @@ class RolloutOutput:
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutConfig:
+class EngineConfig:
     """Shape buckets and memory bound.
 
     Each size is rounded up to the smallest bucket that holds it (sizes beyond the last bucket are rounded up to
@@ -66,13 +72,6 @@ class RolloutConfig:
     patch_buckets: tuple[int, ...] = (64, 256, 1024, 4096, 16384)  # per row
     max_cache_bytes: int | None = None
     cache_memory_fraction: float = 0.5
-
-
-def bucket(size: int, buckets: Sequence[int], multiple_of: int = 1) -> int:
-    """Smallest bucket ≥ size (a multiple of the largest beyond it), rounded up to ``multiple_of``."""
-    i = bisect.bisect_left(buckets, size)
-    chosen = buckets[i] if i < len(buckets) else buckets[-1] * math.ceil(size / buckets[-1])
-    return multiple_of * math.ceil(chosen / multiple_of)
 
 
 def _top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -148,7 +147,7 @@ class RolloutEngine:
 
     def __init__(
         self,
-        config: RolloutConfig = RolloutConfig(),
+        config: EngineConfig = EngineConfig(),
         mesh: Mesh | None = None,
         rules: Mapping[str, MeshAxes] = DEFAULT_RULES,
     ):
@@ -215,7 +214,7 @@ class RolloutEngine:
             jnp.full((rows, length), pad, jnp.int32),
             jnp.zeros((rows, length), jnp.float32),
             jnp.zeros((rows, length), bool),
-            constrain(logits, ("batch", "vocab"), self.rules),
+            constrain(logits, ("batch", "vocab")),
             cache,
             rng,
         )
@@ -225,12 +224,9 @@ class RolloutEngine:
 
     # -- host side --------------------------------------------------------------------------------------------------
 
-    def _batch_multiple(self) -> int:
-        return 1 if self.mesh is None else batch_shards(self.mesh, self.rules)
-
     def _check_cache_fits(self, model, rows: int, cache_size: int) -> int:
         text = model.cfg.text
-        per_device_rows = rows / self._batch_multiple()
+        per_device_rows = rows / batch_shards(self.mesh, self.rules)
         bytes_needed = (
             int(2 * text.num_hidden_layers * per_device_rows * cache_size * text.num_key_value_heads * text.head_dim)
             * jnp.dtype(model.dtype).itemsize
@@ -275,7 +271,7 @@ class RolloutEngine:
         if not eos_token_ids:
             raise ValueError("eos_token_ids must name at least one token")
         cfg = self.config
-        rows_bucket = bucket(batch, cfg.batch_buckets, self._batch_multiple())
+        rows_bucket = bucket(batch, cfg.batch_buckets, batch_shards(self.mesh, self.rules))
         prompt_bucket = bucket(prompt_len, cfg.prompt_buckets)
         length = bucket(max_new_tokens, cfg.new_token_buckets)
         cache_size = prompt_bucket + length
@@ -286,13 +282,15 @@ class RolloutEngine:
         ids[:batch, prompt_bucket - prompt_len :] = input_ids
         mask[:batch, prompt_bucket - prompt_len :] = attention_mask
         if pixel_values is not None:
-            pixel_values, image_grid_thw = self.per_row_images(
-                model.cfg, input_ids, np.asarray(pixel_values), np.asarray(image_grid_thw), rows_bucket
-            )
+            pixel_values, image_grid_thw = to_per_row(
+                input_ids, np.asarray(pixel_values), np.asarray(image_grid_thw), rows_bucket,
+                image_token_id=model.cfg.image_token_id, merge_size=model.cfg.vision.spatial_merge_size,
+                patch_buckets=cfg.patch_buckets,
+            )  # fmt: skip
             pixel_values, image_grid_thw = self._place(pixel_values), self._place(image_grid_thw)
         ids, mask = self._place(ids), self._place(mask)
         graphdef, state = nnx.split(model)
-        with self._mesh_context():
+        with self._mesh_context(), axis_rules(self.rules):
             out = self._program(
                 state,
                 ids,
@@ -315,28 +313,13 @@ class RolloutEngine:
             )
         return jax.tree.map(lambda x: x[: batch * n, :max_new_tokens] if x.ndim == 2 else x[: batch * n], out)
 
-    def per_row_images(self, cfg, input_ids, pixel_values, image_grid_thw, rows: int):
-        """Packed (HF) images -> per-row layout padded to the patch / slot / batch buckets.
-
-        Each row's vision tower then attends within its own images only (packed, the full-attention blocks would be
-        quadratic in the whole batch's patches) and the images shard with the batch.
-        """
-        if pixel_values.ndim == 2:
-            per_row = images_per_row_from_ids(
-                input_ids, image_grid_thw, cfg.image_token_id, cfg.vision.spatial_merge_size
-            )
-            sizes = np.split(np.prod(image_grid_thw.reshape(-1, 3), axis=1), np.cumsum(per_row)[:-1])
-            patches = bucket(max(int(s.sum()) for s in sizes), self.config.patch_buckets)
-            slots = bucket(max(per_row), (1, 2, 4, 8))
-            pixel_values, image_grid_thw = per_row_images(pixel_values, image_grid_thw, per_row, patches, slots)
-        else:
-            patches = bucket(pixel_values.shape[1], self.config.patch_buckets)
-            pixel_values = np.pad(pixel_values, [(0, 0), (0, patches - pixel_values.shape[1]), (0, 0)])
-        extra = rows - pixel_values.shape[0]  # batch-bucket padding rows: no images
-        return (
-            np.pad(pixel_values, [(0, extra), (0, 0), (0, 0)]),
-            np.pad(np.asarray(image_grid_thw, np.int32), [(0, extra), (0, 0), (0, 0)]),
-        )
+    def model_inputs(self, cfg, prompts: PromptBatch, pad_token_id: int):
+        """`batch.model_inputs` of ``prompts`` for a model of config ``cfg``, in this engine's buckets: what the
+        sampler and the learner both take, so one conversion serves a whole GRPO step."""
+        return model_inputs(
+            prompts, prompt_buckets=self.config.prompt_buckets, patch_buckets=self.config.patch_buckets,
+            image_token_id=cfg.image_token_id, merge_size=cfg.vision.spatial_merge_size, pad_token_id=pad_token_id,
+        )  # fmt: skip
 
     def _place(self, array: np.ndarray):
         if self.mesh is None:
@@ -364,10 +347,9 @@ def compilation_count() -> int:
 
 __all__ = [
     "CacheTooLargeError",
-    "RolloutConfig",
+    "EngineConfig",
     "RolloutEngine",
     "RolloutOutput",
-    "bucket",
     "choose_tokens",
     "compilation_count",
     "generate",

@@ -1,11 +1,8 @@
 """Supervised fine-tuning stage: the paper's caption-SFT ablation and the CPU testbed's warm start.
 
 SFT runs through the very `Learner.train_step` GRPO uses (same jitted program, shardings, micro-batching,
-frozen-parameter mask and NaN guard), with the objective reduced to negative log-likelihood: with advantage 1
-and old log-probs equal to the current weights' own (the learner's first mini-batch), the ratio is
-exp(logp − sg(logp)) ≡ 1, nothing clips, and the token-mean loss −ratio has gradient −∇ logp / tokens — exactly
-the token-mean NLL gradient. `sft_learner_config` pins what makes that exact (one mini-batch, no KL,
-token-mean); the learner's ``nll`` metric is the SFT loss.
+frozen-parameter mask and NaN guard) with the learner's ``nll`` objective: the token-mean negative log-likelihood
+of the targets. `sft_learner_config` sets it, with one update per batch and no reference pass.
 
 Targets are ``response_template.format(answer=row answer)`` followed by EOS, so a row's answer field can hold a
 caption (caption SFT) or a final answer that the template wraps in the paper's ``<think>…</think> \\boxed{}``
@@ -20,14 +17,14 @@ import time
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
-from staged_vlm_jax.rl.grpo import PromptBatch, model_inputs
+from staged_vlm_jax.data.batch import PromptBatch, bucket
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch
-from staged_vlm_jax.rl.rollout import RolloutEngine, bucket
+from staged_vlm_jax.rl.rollout import RolloutEngine
 
 
 def sft_learner_config(config: LearnerConfig) -> LearnerConfig:
-    """``config`` with the settings under which the policy-gradient step is an NLL step (module docstring)."""
-    return dataclasses.replace(config, num_minibatches=1, kl_coef=0.0, loss_type="grpo", loss_agg="token-mean")
+    """``config`` for SFT: the token-mean NLL objective, one update per batch, no KL reference pass."""
+    return dataclasses.replace(config, objective="nll", num_minibatches=1, kl_coef=0.0, loss_agg="token-mean")
 
 
 def response_tokens(
@@ -58,13 +55,13 @@ class SFTTrainer:
         pad_token_id: int,
     ):
         if learner.config != sft_learner_config(learner.config):
-            raise ValueError("the SFT learner needs sft_learner_config(...): one mini-batch, no KL, token-mean")
+            raise ValueError("the SFT learner needs sft_learner_config(...): the nll objective, one mini-batch, no KL")
         self.learner, self.engine, self.tokenizer = learner, engine, tokenizer
         self.response_template = response_template
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
 
     def batch(self, prompts: PromptBatch) -> TrainBatch:
-        ids, mask, pixels, grids = model_inputs(self.engine, self.learner.model_config, prompts, self.pad_token_id)
+        ids, mask, pixels, grids = self.engine.model_inputs(self.learner.model_config, prompts, self.pad_token_id)
         targets = [self.response_template.format(answer=answer) for answer in prompts.ground_truths]
         tokens, response_mask = response_tokens(
             self.tokenizer, targets, self.eos_token_id, self.pad_token_id, self.engine.config.new_token_buckets
@@ -82,7 +79,6 @@ class SFTTrainer:
         start = time.perf_counter()
         batch = self.batch(prompts)
         metrics = {k: float(v) for k, v in self.learner.train_step(batch).items()}
-        metrics["loss"] = metrics["nll"]  # the surrogate's own value is the constant −1 (module docstring)
         elapsed = time.perf_counter() - start
         metrics["time/train_s"] = elapsed
         metrics["response_length/mean"] = float(batch.response_mask.sum(1).mean())

@@ -1,11 +1,12 @@
 """The run config: an ml-collections ConfigDict checked into typed, frozen specs, with one-line errors.
 
 A run config (``configs/*.py``'s ``get_config()``) is plain data: the model, the data sources, the objective
-(``learner``: `LearnerConfig` fields), the sampler (``rollout``: `GRPOConfig` fields; ``engine``: the rollout
-engine's `RolloutConfig` buckets), the reward, a table of named ``stages`` and the ``schedule`` that runs them in
-order, evaluation and checkpointing. `resolve` turns it into a `RunSpec`, rejecting any key it does not know
-with the dotted path and the closest valid name — a typo never silently becomes a default. Paths may contain
-``{workdir}``.
+(``learner``: `LearnerConfig` fields), the GRPO rollouts (``rollout``: `RolloutConfig` fields), the rollout engine's
+shapes and memory bound (``engine``: `EngineConfig` fields; prompt lengths are bucketed by ``data.prompt_buckets``
+alone), the reward, a table of named ``stages`` (each of a kind in `kinds.STAGE_KINDS`) and the ``schedule`` that
+runs them in order, evaluation, checkpointing, and ``sharding_rules`` (overrides of `sharding.DEFAULT_RULES`).
+`resolve` turns it into a `RunSpec`, rejecting any key it does not know with the dotted path and the closest valid
+name — a typo never silently becomes a default. Paths may contain ``{workdir}``.
 
 Two configs are the same run iff their `canonical` JSON is equal; `config_differences` names the keys that
 differ (what a resume refuses).
@@ -24,12 +25,12 @@ from typing import Any
 
 import ml_collections
 
-from staged_vlm_jax.rl.grpo import GRPOConfig
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes
+from staged_vlm_jax.rl.grpo import RolloutConfig
 from staged_vlm_jax.rl.learner import LearnerConfig, batch_split_error
-from staged_vlm_jax.rl.rollout import RolloutConfig
-from staged_vlm_jax.rl.sft import sft_learner_config
+from staged_vlm_jax.rl.rollout import EngineConfig
+from staged_vlm_jax.train.kinds import STAGE_KINDS
 
-STAGE_KINDS = ("grpo", "sft")
 # The SFT warm start's target: the paper's response format around the row's answer.
 DEFAULT_SFT_TEMPLATE = "<think> Let me look at the problem. </think> The answer is \\boxed{{{answer}}}."
 
@@ -148,23 +149,35 @@ class RunSpec:
     model: ModelSpec = ModelSpec()
     mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
     data: DataSpec = DataSpec()
-    engine: RolloutConfig = RolloutConfig()
-    rollout: GRPOConfig = GRPOConfig()
+    engine: EngineConfig = EngineConfig()
+    rollout: RolloutConfig = RolloutConfig()
     learner: LearnerConfig = LearnerConfig()
     reward: RewardSpec = RewardSpec()
     eval: EvalSpec = EvalSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     compilation_cache: str = "{workdir}/jax_cache"
+    sharding_rules: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def stage_learner(self, name: str) -> LearnerConfig:
+        """The learner config stage ``name`` trains with: the run's, its overrides, then its kind's settings."""
         stage = self.stages[name]
-        return build_over(self.learner, {"trainable": stage.trainable, **stage.learner}, f"stages.{name}.learner")
+        learner = build_over(self.learner, {"trainable": stage.trainable, **stage.learner}, f"stages.{name}.learner")
+        return STAGE_KINDS[stage.kind].learner_config(learner)
 
-    def stage_rollout(self, name: str) -> GRPOConfig:
+    def stage_rollout(self, name: str) -> RolloutConfig:
         return build_over(self.rollout, self.stages[name].rollout, f"stages.{name}.rollout")
 
     def stage_reward(self, name: str) -> RewardSpec:
         return build_over(self.reward, self.stages[name].reward, f"stages.{name}.reward")
+
+    def engine_config(self) -> EngineConfig:
+        """The rollout engine's config, its prompt buckets the data's (one bucket list for the whole run)."""
+        return dataclasses.replace(self.engine, prompt_buckets=self.data.prompt_buckets)
+
+    def rules(self) -> dict[str, MeshAxes]:
+        """The sharding rules: `sharding.DEFAULT_RULES` with ``sharding_rules`` applied (lists become tuples)."""
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.sharding_rules.items()}
+        return {**DEFAULT_RULES, **overrides}
 
 
 def _unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigKeyError:
@@ -234,7 +247,13 @@ def _with_workdir(value: Any, workdir: str) -> Any:
 def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path) -> RunSpec:
     """The typed run of ``config`` (``{workdir}`` substituted), with every cross-reference checked."""
     raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    if "prompt_buckets" in raw.get("engine", {}):
+        raise ConfigKeyError("config.engine.prompt_buckets: prompt lengths are bucketed by config.data.prompt_buckets "
+                             "alone; set them there")  # fmt: skip
     spec: RunSpec = build(RunSpec, _with_workdir(raw, str(workdir)), "config")
+    for name in spec.sharding_rules:
+        if name not in DEFAULT_RULES:
+            raise _unknown_key(name, DEFAULT_RULES, "config.sharding_rules")
     if not spec.schedule:
         raise ConfigKeyError("config.schedule: empty; list the stages to run, in order")
     for name in spec.schedule:
@@ -243,7 +262,7 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
         stage = spec.stages[name]
         where = f"config.stages.{name}"
         if stage.kind not in STAGE_KINDS:
-            raise ConfigKeyError(f"{where}.kind: {stage.kind!r} is not one of {STAGE_KINDS}")
+            raise ConfigKeyError(f"{where}.kind: {stage.kind!r} is not one of {sorted(STAGE_KINDS)}")
         for source in stage.data:
             if source not in spec.data.sources:
                 raise _unknown_key(source, spec.data.sources, f"{where}.data (config.data.sources)")
@@ -251,13 +270,11 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
             raise ConfigKeyError(f"{where}: batch_size and epochs must be >= 1 and steps >= 0")
         # Overrides are checked now, not when the stage starts hours later; so is the step's batch split.
         learner, rollout, _ = spec.stage_learner(name), spec.stage_rollout(name), spec.stage_reward(name)
-        if stage.kind == "grpo":
-            error = batch_split_error(learner, stage.batch_size * rollout.n)
-        else:
-            error = batch_split_error(sft_learner_config(learner), stage.batch_size)
+        rows_per_prompt = STAGE_KINDS[stage.kind].rows_per_prompt(rollout)
+        error = batch_split_error(learner, stage.batch_size * rows_per_prompt)
         if error:
             raise ConfigKeyError(f"{where}: {error} (batch_size {stage.batch_size} prompts"
-                                 + (f" × rollout.n={rollout.n})" if stage.kind == "grpo" else ")"))  # fmt: skip
+                                 + (f" × rollout.n={rows_per_prompt})" if rows_per_prompt > 1 else ")"))  # fmt: skip
     if spec.checkpoint.every_steps < 1 or spec.checkpoint.keep < 1:
         raise ConfigKeyError("config.checkpoint: every_steps and keep must be >= 1")
     return spec

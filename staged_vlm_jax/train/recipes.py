@@ -51,7 +51,7 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
         max_prompt_length=2048, prompt_buckets=(512, 1024, 2048), min_pixels=512 * 512, max_pixels=2048 * 2048,
         image_backend="pil", worker_threads=8, on_error="raise",
     )  # fmt: skip
-    c.engine = dict(prompt_buckets=(512, 1024, 2048), new_token_buckets=(512, 1024, 2048))
+    c.engine = dict(new_token_buckets=(512, 1024, 2048))
     c.rollout = dict(n=5, max_new_tokens=2048, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
     c.learner = dict(learning_rate=1e-6, weight_decay=1e-2, max_grad_norm=1.0, num_minibatches=4,
                      micro_batch_size=320, loss_type="grpo", loss_agg="token-mean", clip_low=0.2, clip_high=0.3,
@@ -103,7 +103,7 @@ def demo() -> ConfigDict:
     c.data.prompt_buckets = (192, 256, 320)
     c.data.min_pixels, c.data.max_pixels = 56 * 56, 56 * 56
     c.data.worker_threads = 0
-    c.engine = dict(prompt_buckets=(192, 256, 320), new_token_buckets=(16,), batch_buckets=(8, 16, 32, 64))
+    c.engine = dict(new_token_buckets=(16,), batch_buckets=(8, 16, 32, 64))
     c.rollout = dict(n=8, max_new_tokens=16, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
     c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2)
     c.reward = dict(name="math", num_workers=1, timeout_s=5.0)

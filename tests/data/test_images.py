@@ -187,7 +187,7 @@ def test_torchvision_resize_kernel_matches_torch(in_hw, out_hw):
     image = random_image(*in_hw, seed=in_hw[0] + 3 * in_hw[1])
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()  # [1, C, H, W] as the HF backend holds it
     expected = torch.nn.functional.interpolate(tensor, size=out_hw, mode="bicubic", antialias=True, align_corners=False)
-    np.testing.assert_array_equal(images._resize_torchvision(image, *out_hw), expected[0].permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(images.RESIZE["torchvision"](image, *out_hw), expected[0].permute(1, 2, 0).numpy())
 
 
 @pytest.mark.parametrize("family", SETTINGS)
@@ -199,7 +199,7 @@ def test_torchvision_normalization_matches_torch_arithmetic(family):
     std = torch.tensor(settings.image_std) * (1.0 / images.RESCALE_FACTOR)
     levels = torch.arange(256, dtype=torch.uint8).repeat(3, 1).to(torch.float32)
     expected = levels.sub(mean[:, None]).div(std[:, None]).numpy()
-    table = images._normalization_table_torchvision(settings.image_mean, settings.image_std)
+    table = images.NORMALIZATION_TABLE["torchvision"](settings.image_mean, settings.image_std)
     np.testing.assert_array_equal(table, expected)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from staged_vlm_jax.data.batch import PromptBatch, images_per_row
 from staged_vlm_jax.data.pipeline import (
     DataSource,
     ExampleSource,
@@ -18,10 +19,10 @@ from staged_vlm_jax.data.pipeline import (
     example_dataset,
     prompt_pipeline,
 )
+from staged_vlm_jax.data.prompts import image_token_id
 from staged_vlm_jax.data.schema import DataError, SkipCounter
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
-from staged_vlm_jax.rl.grpo import PromptBatch
 
 ROWS = 24
 BUCKETS = (128, 192, 256, 384, 512)
@@ -64,7 +65,6 @@ def assert_same_batches(first: list[PromptBatch], second: list[PromptBatch]) -> 
         if a.pixel_values is not None:
             np.testing.assert_array_equal(a.pixel_values, b.pixel_values)
             np.testing.assert_array_equal(a.image_grid_thw, b.image_grid_thw)
-            assert list(a.images_per_row) == list(b.images_per_row)
 
 
 def example_ids(cfg: PipelineConfig, count: int | None = None) -> list[str]:
@@ -147,7 +147,7 @@ def test_overlong_prompts_are_dropped_and_counted(data):
 
 def test_text_only_batches_have_no_images(data):
     batch = next(prompt_pipeline(config(data["text"]), data["tokenizer"]))
-    assert batch.pixel_values is None and batch.image_grid_thw is None and batch.images_per_row is None
+    assert batch.pixel_values is None and batch.image_grid_thw is None
     assert len(batch.ground_truths) == 4
 
 
@@ -162,7 +162,9 @@ def test_batches_are_left_padded_to_the_smallest_fitting_bucket(data):
             assert mask[width - length :].all() and not mask[: width - length].any()
             assert (ids[: width - length] == tokenizer.pad_token_id).all()
         if batch.pixel_values is not None:
-            assert sum(batch.images_per_row) == len(batch.image_grid_thw)
+            # every image belongs to exactly one row's placeholders (the per-row layout can be cut from it)
+            per_row = images_per_row(batch.input_ids, batch.image_grid_thw, image_token_id(tokenizer), merge_size=2)
+            assert sum(per_row) == len(batch.image_grid_thw)
             assert batch.pixel_values.shape[0] == int(np.prod(batch.image_grid_thw, axis=1).sum())
 
 

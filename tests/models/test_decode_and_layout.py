@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from staged_vlm_jax import models
+from staged_vlm_jax.data.batch import images_per_row, per_row_images
 from staged_vlm_jax.models.qwen2_5_vl import rope_positions
 from staged_vlm_jax.models.vision import vision_layout
 from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
@@ -60,8 +61,8 @@ def test_grouped_hidden_states_equal_the_full_forward_of_every_row(model_and_bat
     """Shared-prefix learner forward: each prompt (with its images) once, its cache repeated to n responses."""
     model, cfg, ids, mask, pixels, grids = model_and_batch
     n = 3
-    per_row = models.qwen2_5_vl.images_per_row_from_ids(ids, grids, cfg.image_token_id, 2)
-    row_pixels, row_grids = models.qwen2_5_vl.per_row_images(pixels, grids, per_row)
+    per_row = images_per_row(ids, grids, cfg.image_token_id, 2)
+    row_pixels, row_grids = per_row_images(pixels, grids, per_row)
     rng = np.random.default_rng(4)
     responses = rng.integers(0, cfg.image_token_id - 1, (ids.shape[0] * n, length)).astype(np.int32)
     lengths = rng.integers(1, length + 1, ids.shape[0] * n)
@@ -176,7 +177,6 @@ def test_local_segment_attention_equals_dense_masked_attention(n):
 
 
 def test_per_row_image_layout_gives_the_packed_logits(model_and_batch):
-    from staged_vlm_jax.models.qwen2_5_vl import per_row_images
 
     model, _, ids, mask, pixels, grids = model_and_batch
     rows_pixels, rows_grids = per_row_images(pixels, grids, [1, 2], patches_per_row=80, slots_per_row=3)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -11,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from staged_vlm_jax import models
 from staged_vlm_jax.models.sharding import (
     DEFAULT_RULES,
+    axis_rules,
     batch_shards,
     logical_to_spec,
     make_mesh,
@@ -117,3 +121,23 @@ def test_make_mesh_validates_shape():
         make_mesh({"model": 2})
     with pytest.raises(ValueError, match="at most one axis may be -1"):
         make_mesh({"data": -1, "fsdp": -1})
+
+
+@needs_8
+def test_the_models_activation_constraints_follow_the_active_rules():
+    """Model code names no rules table: its constraints follow `axis_rules` (set by the learner and the engine from
+    the run's ``sharding_rules``), so a run can, e.g., keep activations replicated."""
+    graphdef, state = nnx.split(models.create(tiny()))
+    ids = jnp.ones((8, 16), jnp.int32)
+
+    def constraints() -> set[str]:
+        program = jax.jit(lambda state, ids: nnx.merge(graphdef, state).hidden_states(ids))
+        text = program.lower(state, ids).as_text()
+        return set(re.findall(r"sharding_constraint %\d+ <@mesh, (\[[^>]*\])>", text))
+
+    with jax.set_mesh(make_mesh({"data": 8})):
+        default = constraints()
+        with axis_rules({**DEFAULT_RULES, "batch": None}):
+            replicated = constraints()
+    assert default == {'[{"data"}, {}, {}]'}
+    assert replicated == {"[{}, {}, {}]"}

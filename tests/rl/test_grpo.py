@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 from staged_vlm_jax import models
+from staged_vlm_jax.data.batch import PromptBatch
 from staged_vlm_jax.rl.grpo import (
-    GRPOConfig,
     GRPOTrainer,
-    PromptBatch,
+    RolloutConfig,
     Rollouts,
     concatenate,
     group_rows,
     overlong_penalty,
 )
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig
-from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine
+from staged_vlm_jax.rl.rollout import EngineConfig, RolloutEngine
 from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
 
 TARGET = 48  # reward 1 iff the response starts with a token id below this (~10 % of the vocabulary at first)
@@ -30,10 +30,10 @@ def first_token_reward(responses, ground_truths):
 
 def make_trainer(cfg, learner_cfg, n, max_new_tokens):
     learner = Learner(models.create(cfg, seed=0), learner_cfg)
-    engine = RolloutEngine(RolloutConfig(prompt_buckets=(16, 64), new_token_buckets=(4, 8)))
+    engine = RolloutEngine(EngineConfig(prompt_buckets=(16, 64), new_token_buckets=(4, 8)))
     return GRPOTrainer(
         learner, engine, first_token_reward, lambda ids: " ".join(map(str, ids)),
-        GRPOConfig(n=n, max_new_tokens=max_new_tokens), eos_token_ids=(cfg.text.eos_token_id,),
+        RolloutConfig(n=n, max_new_tokens=max_new_tokens), eos_token_ids=(cfg.text.eos_token_id,),
         pad_token_id=cfg.text.pad_token_id,
     )  # fmt: skip
 
@@ -63,7 +63,7 @@ def test_step_with_images_reports_the_expected_metrics():
     grids = [(1, 4, 4), (1, 8, 4)]
     ids, mask = left_pad([prompt(rng, cfg, [g], [2, 3]) for g in grids], cfg.text.pad_token_id)
     pixels = np.concatenate([image_patches(rng, cfg, g) for g in grids])
-    prompts = PromptBatch(ids, mask, ["", ""], pixels, np.array(grids), images_per_row=[1, 1])
+    prompts = PromptBatch(ids, mask, ["", ""], pixels, np.array(grids))
     metrics = trainer.step(prompts, jax.random.key(0))
     expected = {
         "reward/mean", "reward/accuracy", "reward/format", "reward/std", "reward/frac_zero_std_groups",
@@ -84,7 +84,7 @@ def test_shared_prompt_batch_equals_the_row_by_row_fallback():
     grids = [(1, 4, 4), (1, 8, 4)]
     ids, mask = left_pad([prompt(rng, cfg, [g], [2, 3]) for g in grids], cfg.text.pad_token_id)
     pixels = np.concatenate([image_patches(rng, cfg, g) for g in grids])
-    prompts = PromptBatch(ids, mask, ["", ""], pixels, np.array(grids), images_per_row=[1, 1])
+    prompts = PromptBatch(ids, mask, ["", ""], pixels, np.array(grids))
     results = {}
     for share in (True, False):
         trainer = make_trainer(cfg, LearnerConfig(num_minibatches=2, share_prompts=share), n=2, max_new_tokens=4)
@@ -136,7 +136,7 @@ def test_dynamic_sampling_trains_on_informative_groups_only():
     n = 4
     trainer = make_trainer(cfg, LearnerConfig(num_minibatches=1), n=n, max_new_tokens=4)
     trainer.score = parity_reward
-    trainer.config = GRPOConfig(n=n, max_new_tokens=4, dynamic_sampling=True, max_sampling_batches=4,
+    trainer.config = RolloutConfig(n=n, max_new_tokens=4, dynamic_sampling=True, max_sampling_batches=4,
                                 overlong_buffer=2)  # fmt: skip
     rng = np.random.default_rng(2)
     ids, mask = left_pad([rng.integers(0, 400, 5).tolist() for _ in range(4)], cfg.text.pad_token_id)

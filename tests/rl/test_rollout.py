@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from staged_vlm_jax import models
+from staged_vlm_jax.data.batch import bucket
 from staged_vlm_jax.models.sharding import make_mesh
 from staged_vlm_jax.rl import rollout
-from staged_vlm_jax.rl.rollout import RolloutConfig, RolloutEngine, bucket, choose_tokens, sample_categorical
+from staged_vlm_jax.rl.rollout import EngineConfig, RolloutEngine, choose_tokens, sample_categorical
 from tests.models.qwen_fixtures import hf_model, image_patches, left_pad, prompt, tiny
 
 torch = pytest.importorskip("torch")
@@ -147,7 +148,7 @@ def test_same_greedy_tokens_on_8_device_mesh(setup):
 
 def test_cache_over_the_memory_bound_is_refused(setup):
     model, _, cfg, ids, mask, pixels, grids, _ = setup
-    engine = RolloutEngine(RolloutConfig(max_cache_bytes=100_000))
+    engine = RolloutEngine(EngineConfig(max_cache_bytes=100_000))
     with pytest.raises(rollout.CacheTooLargeError, match=r"for 10 rows × 80 slots"):
         engine.generate(model, ids, mask, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW, n=5,
                         rng=jax.random.key(0), **_kwargs(cfg))  # fmt: skip

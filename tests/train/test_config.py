@@ -9,10 +9,12 @@ import pytest
 
 from staged_vlm_jax.cli import load_config
 from staged_vlm_jax.data.synthetic import write_synthetic
+from staged_vlm_jax.models.sharding import DEFAULT_RULES
 from staged_vlm_jax.rl.learner import batch_split_error
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import recipes
-from staged_vlm_jax.train.stages import plan_stages
+from staged_vlm_jax.train.kinds import STAGE_KINDS
+from staged_vlm_jax.train.plan import plan_stages
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.py"))
 
@@ -133,3 +135,33 @@ def test_merged_rejects_what_would_break_step_parity() -> None:
     config.stages.perception.steps = 10
     with pytest.raises(ValueError, match="steps"):
         recipes.merged(config)
+
+
+def test_stage_kinds_decide_objective_and_batch_split(tmp_path: Path) -> None:
+    spec = config_lib.resolve(recipes.demo(), tmp_path)
+    assert spec.stage_learner("warm_start").objective == "nll"  # the sft kind's learner
+    assert spec.stage_learner("perception").objective == "policy_gradient"
+    assert STAGE_KINDS["grpo"].rows_per_prompt(spec.rollout) == spec.rollout.n == 8
+    assert STAGE_KINDS["sft"].rows_per_prompt(spec.rollout) == 1
+    config = recipes.demo()
+    config.stages.perception.kind = "dpo"
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.perception\.kind: 'dpo' is not one of "
+                       r"\['grpo', 'sft'\]$"):  # fmt: skip
+        config_lib.resolve(config, tmp_path)
+
+
+def test_one_prompt_bucket_list_and_sharding_rules_from_the_config(tmp_path: Path) -> None:
+    config = recipes.demo()
+    config.sharding_rules = {"batch": ["data"], "vocab": None}
+    spec = config_lib.resolve(config, tmp_path)
+    assert spec.engine_config().prompt_buckets == spec.data.prompt_buckets == (192, 256, 320)
+    assert spec.rules() == {**DEFAULT_RULES, "batch": ("data",), "vocab": None}
+    config.engine.prompt_buckets = (64, 128)
+    with pytest.raises(
+        config_lib.ConfigKeyError, match=r"^config\.engine\.prompt_buckets: .*config\.data\.prompt_buckets"
+    ):
+        config_lib.resolve(config, tmp_path)
+    config = recipes.demo()
+    config.sharding_rules = {"batchh": None}
+    with pytest.raises(config_lib.ConfigKeyError, match=r"config\.sharding_rules\.batchh: .*did you mean .*batch\?"):
+        config_lib.resolve(config, tmp_path)

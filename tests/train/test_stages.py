@@ -22,7 +22,7 @@ from staged_vlm_jax.train.metrics import read_metrics
 CONFIG = str(Path(__file__).with_name("tiny_run.py"))
 REPO = Path(__file__).parents[2]
 # Wall-clock measurements differ between any two runs; every other metric must match exactly.
-WALL_CLOCK = ("time/", "tokens/s")
+WALL_CLOCK = ("time/", "tokens/s", "compile/")  # and process history: traces per process
 
 
 def _env() -> dict[str, str]:

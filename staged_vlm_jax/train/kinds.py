@@ -1,0 +1,65 @@
+"""Stage kinds: what ``config.stages.NAME.kind`` may name, and what each kind means to the stage loop.
+
+A kind maps to its learner objective (through `StageKind.learner_config`), how many training rows one prompt of
+its batches becomes (which the config check needs to validate the batch split before training), and the trainer
+that runs one step of it. Adding a kind (e.g. DPO) is one entry here; the loop and the config check do not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+
+from staged_vlm_jax.data.batch import PromptBatch
+from staged_vlm_jax.rl.grpo import GRPOTrainer, RolloutConfig
+from staged_vlm_jax.rl.learner import Learner, LearnerConfig
+from staged_vlm_jax.rl.sft import SFTTrainer, sft_learner_config
+
+StepFunction = Callable[[jax.Array], dict[str, Any]]  # the step's rng -> its metrics
+
+
+class StageRun(Protocol):
+    """What a trainer factory needs of the run (`stages.StagedRun` provides it)."""
+
+    engine: Any
+    tokenizer: Any
+    eos_token_ids: tuple[int, ...]
+
+    def score_function(self, stage: str) -> Callable: ...
+
+    def decode(self, ids) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StageKind:
+    """``learner_config``: the run's learner config for the stage -> the one this kind trains with;
+    ``rows_per_prompt``: training rows per prompt given the stage's rollout config;
+    ``make_step``: (run, stage name, stage spec, rollout config, learner, prompt stream) -> the step function."""
+
+    learner_config: Callable[[LearnerConfig], LearnerConfig]
+    rows_per_prompt: Callable[[RolloutConfig], int]
+    make_step: Callable[[StageRun, str, Any, RolloutConfig, Learner, Iterator[PromptBatch]], StepFunction]
+
+
+def _grpo_step(run: StageRun, name: str, stage, rollout: RolloutConfig, learner: Learner, prompts) -> StepFunction:
+    pad = run.tokenizer.pad_token_id
+    trainer = GRPOTrainer(learner, run.engine, run.score_function(name), run.decode, rollout,
+                          eos_token_ids=run.eos_token_ids, pad_token_id=pad)  # fmt: skip
+    return lambda rng: trainer.step(next(prompts), rng, refill=lambda: next(prompts))
+
+
+def _sft_step(run: StageRun, name: str, stage, rollout: RolloutConfig, learner: Learner, prompts) -> StepFunction:
+    tokenizer = run.tokenizer
+    trainer = SFTTrainer(learner, run.engine, tokenizer, stage.response_template,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return lambda rng: trainer.step(next(prompts))
+
+
+STAGE_KINDS: dict[str, StageKind] = {
+    "grpo": StageKind(learner_config=lambda config: config, rows_per_prompt=lambda rollout: rollout.n,
+                      make_step=_grpo_step),
+    "sft": StageKind(learner_config=sft_learner_config, rows_per_prompt=lambda rollout: 1, make_step=_sft_step),
+}  # fmt: skip

@@ -1,0 +1,79 @@
+"""A run's directory: the config guard, the testbed's synthetic data, and the run's tokenizer.
+
+Rerunning a command on a workdir resumes it, so the workdir must say which run it holds: ``config.json`` is the
+resolved config, and a rerun with another config is refused naming the differing keys. The testbed's data and
+tokenizer are written into it once, so a resume (or an export) finds exactly what the run trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import ml_collections
+from transformers import PreTrainedTokenizerFast
+
+from staged_vlm_jax.data.schema import CAPABILITIES
+from staged_vlm_jax.data.synthetic import write_synthetic
+from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer
+from staged_vlm_jax.train import config as config_lib
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds a run of another config; resuming it with this one would silently mix two runs."""
+
+
+def check_config(workdir: Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
+    """Writes config.json (first host), or checks it against the one already there (a resume)."""
+    path = workdir / CONFIG_FILE
+    current = json.loads(config_lib.canonical(config))
+    if path.exists():
+        saved = json.loads(path.read_text())
+        differences = config_lib.config_differences(saved, current)
+        if differences and not allow_change:
+            raise ConfigMismatchError(
+                f"{path}: this workdir was run with another config; differing keys: {', '.join(differences)} "
+                "(use another --workdir, or --allow-config-change to resume with the new values)"
+            )
+    if jax.process_index() == 0:
+        path.write_text(config_lib.canonical(config) + "\n")
+
+
+def read_spec(workdir: Path) -> config_lib.RunSpec:
+    """The resolved config of the run in ``workdir`` (its config.json)."""
+    if not (workdir / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{workdir / CONFIG_FILE}: not found; --checkpoint must be a run's checkpoints/")
+    return config_lib.resolve(json.loads((workdir / CONFIG_FILE).read_text()), workdir)
+
+
+def write_synthetic_data(spec: config_lib.RunSpec, workdir: Path) -> None:
+    """The testbed's train and held-out sets, written once into workdir/data (atomically: a kill mid-write leaves
+    no partial data set behind to be mistaken for a complete one)."""
+    synthetic = spec.data.synthetic
+    out = workdir / "data"
+    if not synthetic.train_rows or out.exists():
+        return
+    if jax.process_count() > 1:
+        raise config_lib.ConfigKeyError("config.data.synthetic: the testbed's data is for single-process runs")
+    partial = workdir / "data.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    for split, rows, seed in (("train", synthetic.train_rows, synthetic.seed),
+                              ("eval", synthetic.eval_rows, synthetic.seed + 1)):  # fmt: skip
+        for capability in CAPABILITIES if rows else ():
+            write_synthetic(partial / split, capability, rows, seed=seed, image_size=synthetic.image_size,
+                            max_difficulty=synthetic.max_difficulty)  # fmt: skip
+    partial.rename(out)
+
+
+def tokenizer(spec: config_lib.RunSpec, workdir: Path) -> PreTrainedTokenizerFast:
+    """The run's tokenizer: the offline tiny BPE kept in workdir/tokenizer ("tiny"; built there on first use), a
+    named directory, or the model's own."""
+    model = spec.model
+    if model.tokenizer == "tiny":
+        tiny = workdir / "tokenizer"
+        return load_tokenizer(tiny) if (tiny / "tokenizer.json").exists() else build_tiny_tokenizer(tiny)
+    return load_tokenizer(model.tokenizer or model.path)
