@@ -67,7 +67,7 @@ def _to_f32(tree):
     return jax.tree.map(lambda x: x.astype(jnp.float32) if _low_precision(x) else x, tree)
 
 
-def _round_to(x32: jax.Array, dtype) -> jax.Array:
+def round_to_dtype(x32: jax.Array, dtype) -> jax.Array:
     """``x32`` cast to ``dtype`` and back to fp32, a value ``dtype`` represents exactly. XLA:GPU folds a
     ``f32 → bf16 → f32`` convert pair into nothing under its default ``xla_allow_excess_precision``; the optimization
     barrier blocks that, and ``reduce_precision`` (bitwise the bf16 cast; JAX's own blocker of such folding) keeps the
@@ -121,7 +121,7 @@ def kahan_summation(inner: optax.GradientTransformation) -> optax.GradientTransf
                 continue
             p32 = p.astype(jnp.float32)
             y = u.astype(jnp.float32) + c.astype(jnp.float32)
-            step = _round_to(p32 + y, p.dtype) - p32  # exact: both terms are representable in p.dtype
+            step = round_to_dtype(p32 + y, p.dtype) - p32  # exact: both terms are representable in p.dtype
             out_steps.append(step)
             out_compensation.append((y - step).astype(c.dtype))
         return treedef.unflatten(out_steps), KahanState(inner_state, treedef.unflatten(out_compensation))
@@ -158,7 +158,7 @@ def fp32_master_weights(inner: optax.GradientTransformation) -> optax.GradientTr
                 out_master.append(m)
                 continue
             new_master = m + u.astype(jnp.float32)
-            out_steps.append(_round_to(new_master, p.dtype) - p.astype(jnp.float32))
+            out_steps.append(round_to_dtype(new_master, p.dtype) - p.astype(jnp.float32))
             out_master.append(new_master)
         return treedef.unflatten(out_steps), MasterWeightsState(inner_state, treedef.unflatten(out_master))
 

@@ -12,8 +12,9 @@ from flax import nnx
 
 from staged_vlm_jax import models
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig, make_optimizer, response_log_probs
-from staged_vlm_jax.rl.optimizers import OPTIMIZER_PRECISIONS, KahanState, MasterWeightsState, _round_to
+from staged_vlm_jax.rl.optimizers import OPTIMIZER_PRECISIONS, KahanState, MasterWeightsState, round_to_dtype
 from tests.models.qwen_fixtures import tiny
+from tests.rl.test_learner import make_batch
 
 PRECISE = ("kahan", "fp32_master")
 
@@ -124,8 +125,6 @@ def test_learner_bf16_kahan_step_follows_the_fp32_step():
     """4 learner steps (8 AdamW updates) at lr 1e-5 on a tiny Qwen2.5-VL, from the same bf16-representable weights
     with fp32 weights, bf16 + kahan and bf16 + plain; the change of the response log-probs of a held-out batch (all
     weights evaluated in fp32) is compared with the fp32 run's change."""
-    from tests.rl.test_learner import make_batch  # here: a broken test_learner import fails this test only
-
     cfg = tiny()
     batches = [make_batch(cfg, seed=s) for s in range(4)]
     held_out = make_batch(cfg, seed=100)
@@ -197,7 +196,7 @@ def test_rounding_is_the_bf16_cast_and_survives_jit():
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, 20000) * 10.0 ** rng.integers(-44, 38, 20000)
     x = jnp.asarray(np.concatenate([x, [1e-40, -3e-39, 1 + 2**-8, 1 + 3 * 2**-8, 0.0]]), jnp.float32)
-    got = np.asarray(jax.jit(lambda v: _round_to(v, jnp.bfloat16))(x))
+    got = np.asarray(jax.jit(lambda v: round_to_dtype(v, jnp.bfloat16))(x))
     expected = np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32))
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
 

@@ -48,6 +48,7 @@ def test_paper_recipe_values() -> None:
     assert (learner.clip_low, learner.clip_high, learner.clip_dual, learner.loss_agg) == (0.2, 0.3, 3.0, "token-mean")
     assert (spec.data.min_pixels, spec.data.max_pixels) == (512 * 512, 2048 * 2048)
     assert spec.stage_learner("perception").trainable == recipes.ALL_PARAMETERS
+    assert spec.model.dtype == "bfloat16" and learner.optimizer_precision == "kahan"  # updates do not round away
     # 2560 rows -> 4 mini-batches of 640 -> micro-batches of whole groups of n = 5 (the learner shares prompts).
     assert batch_split_error(learner, 512 * spec.rollout.n, spec.rollout.n) is None
 

@@ -74,6 +74,13 @@ def test_run_writes_the_workdir(uninterrupted: Path) -> None:
                 "response_length/mean", "loss", "kl", "time/rollout_s", "time/train_s"}  # fmt: skip
     assert all(required <= row.keys() for row in rows if row["stage"] != "warm_start")
     assert all("nll" in row for row in rows)
+    # Programs traced per stage: at least the first step's; a rise mid-stage would be a recompile.
+    for stage in ("warm_start", "perception", "text_reasoning", "visual_reasoning"):
+        train = [row["compile/train_traces"] for row in rows if row["stage"] == stage]
+        rollout = [row["compile/rollout_traces"] for row in rows if row["stage"] == stage]
+        assert train[0] >= 1 and train == sorted(train), (stage, train)
+        assert rollout == sorted(rollout) and (rollout[0] >= 1) == (stage != "warm_start"), (stage, rollout)
+    assert all(row["data/read_errors"] == 0 for row in rows)
     evaluations = [json.loads(line) for line in (uninterrupted / "eval.jsonl").read_text().splitlines()]
     assert [row["after"] for row in evaluations] == ["warm_start", "perception", "text_reasoning", "visual_reasoning"]
     assert set(evaluations[0]) >= {"heldout_perception", "heldout_text_reasoning", "heldout_visual_reasoning"}
