@@ -190,10 +190,11 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from staged_vlm_jax.models import CheckpointError, ConfigError
     from staged_vlm_jax.train.checkpoint import IncompatibleCheckpointError
     from staged_vlm_jax.train.config import ConfigKeyError
+    from staged_vlm_jax.train.stages import DamagedCheckpointsError
     from staged_vlm_jax.train.workdir import ConfigMismatchError
 
     return (ConfigKeyError, ConfigMismatchError, ConfigError, DataError, TokenizerError, CheckpointError,
-            IncompatibleCheckpointError, FileNotFoundError)  # fmt: skip
+            IncompatibleCheckpointError, DamagedCheckpointsError, FileNotFoundError)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,18 +10,24 @@
 
 Saves are asynchronous (training continues while Orbax writes) and atomic (a kill mid-save leaves no
 checkpoint, the previous one stays the latest). Periodic checkpoints keep the latest ``keep``; stage-end
-checkpoints are kept always, so any stage's final weights can be exported.
+checkpoints are kept always, so any stage's final weights can be exported. A checkpoint found damaged later (a
+file missing, truncated or corrupt) is moved aside to ``checkpoints.damaged/STEP`` (`Checkpointer.set_aside`),
+never deleted, and the run resumes from the newest intact one.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
 
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, state_shardings
 from staged_vlm_jax.rl.learner import Learner
 
 
@@ -108,10 +114,26 @@ class Checkpointer:
             _abstract(target))}))  # fmt: skip
         return restored[item]
 
-    def restore_model(self, global_step: int, model: nnx.Module) -> nnx.Module:
-        """``model`` (any module of the run's architecture, e.g. abstract) with the checkpoint's weights."""
+    def restore_model(
+        self,
+        global_step: int,
+        model: nnx.Module,
+        mesh: Mesh | None = None,
+        rules: Mapping[str, MeshAxes] = DEFAULT_RULES,
+    ) -> nnx.Module:
+        """``model`` (any module of the run's architecture, e.g. abstract) with the checkpoint's weights, placed by
+        ``rules`` on ``mesh`` (on this process's first device without one). The placement is this process's, not
+        the saving run's, so a pod's checkpoint restores on one host and an 8-device one in a 1-device process."""
         graphdef, state = nnx.split(model)
-        return nnx.merge(graphdef, self._restore(global_step, "model", state, "the configured model"))
+        leaves, treedef = jax.tree.flatten(state)
+        if mesh is None:
+            shardings = [SingleDeviceSharding(jax.local_devices()[0])] * len(leaves)
+        else:
+            shardings = jax.tree.leaves(state_shardings(state, mesh, rules))
+        target = treedef.unflatten(
+            [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shardings, strict=True)]
+        )
+        return nnx.merge(graphdef, self._restore(global_step, "model", target, "the configured model"))
 
     def restore_optimizer(self, global_step: int, learner: Learner) -> None:
         """Puts the checkpoint's optimizer state, reference weights and counters into ``learner.state``."""
@@ -120,6 +142,20 @@ class Checkpointer:
                   "skipped_updates": state.skipped_updates}  # fmt: skip
         restored = self._restore(global_step, "optimizer", target, "this stage's trainable parameters")
         learner.state = state.replace(**restored)
+
+    def set_aside(self, global_step: int) -> Path:
+        """Moves checkpoint ``global_step`` out of the manager's directory, files intact, to
+        ``<directory>.damaged/<step>`` (a numbered suffix if that exists); returns where it went."""
+        target = self.directory.parent / f"{self.directory.name}.damaged" / str(global_step)
+        suffix = 1
+        while target.exists():
+            target = target.with_name(f"{global_step}.{suffix}")
+            suffix += 1
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self.directory / str(global_step), target)
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -19,6 +19,7 @@ testbed ``data/`` and ``tokenizer/``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,26 @@ from staged_vlm_jax.rl.rewards import RewardPool
 from staged_vlm_jax.rl.rollout import RolloutEngine
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import workdir as workdir_lib
-from staged_vlm_jax.train.checkpoint import Checkpointer
+from staged_vlm_jax.train.checkpoint import Checkpointer, IncompatibleCheckpointError
 from staged_vlm_jax.train.evaluation import HeldOutEvaluation
 from staged_vlm_jax.train.export import abstract_model, model_config
 from staged_vlm_jax.train.kinds import STAGE_KINDS
 from staged_vlm_jax.train.metrics import MetricsWriter
 from staged_vlm_jax.train.plan import StagePlan, data_source, plan_stages, plan_summary
+
+
+class DamagedCheckpointsError(RuntimeError):
+    """Every checkpoint of the workdir is damaged: nothing to resume from, and starting over silently is not an
+    option."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _StageStart:
+    """A stage ready to train: its learner, its prompt stream, and the stage step it continues after."""
+
+    learner: Learner
+    prompts: PromptIterator
+    step: int
 
 
 class _NoMetrics:
@@ -145,40 +160,67 @@ class StagedRun:
                 pool.close()
 
     def _run(self, metrics: MetricsWriter) -> list[dict[str, Any]]:
-        latest = self.checkpointer.latest_step()
-        resume: dict[str, Any] | None = None
-        if latest is None:
+        resumed = self._resume()
+        if resumed is None:
             metrics.truncate(0)
-            model = self._initial_model()
+            model, start, first_stage = self._initial_model(), None, 0
             if self.spec.eval.before_training:
                 self._evaluate(model, "initial", -1, 0)
         else:
-            resume = self.checkpointer.meta(latest)
-            model = self.checkpointer.restore_model(latest, abstract_model(self.spec))
-            metrics.truncate(latest)
-            self.evaluation.restore(resume["evaluations"])
-        for plan in self.plan:
-            if resume is not None and (plan.index < resume["stage_index"] or
-                                       (plan.index == resume["stage_index"] and resume["stage_done"])):  # fmt: skip
-                continue
-            start = resume if resume is not None and plan.index == resume["stage_index"] else None
-            model = self._run_stage(plan, model, metrics, start)
-            resume = None
+            meta, model, start = resumed
+            metrics.truncate(meta["global_step"])
+            self.evaluation.restore(meta["evaluations"])
+            first_stage = meta["stage_index"] + (1 if meta["stage_done"] else 0)
+        for plan in self.plan[first_stage:]:
+            model = self._run_stage(plan, start or self._start_stage(plan, model), metrics)
+            start = None
         return self.evaluations
 
-    def _run_stage(
-        self, plan: StagePlan, model: nnx.Module, metrics: MetricsWriter, resume: dict[str, Any] | None
-    ) -> nnx.Module:
-        stage, name = plan.spec, plan.name
-        learner = Learner(model, self.spec.stage_learner(name), self.mesh, self.rules)
+    def _resume(self) -> tuple[dict[str, Any], nnx.Module, _StageStart | None] | None:
+        """The newest intact checkpoint's meta, weights and (when it is mid-stage) the stage restored to it; None
+        without checkpoints. A damaged checkpoint is reported in one line, set aside, and the next older one tried."""
+        steps = self.checkpointer.all_steps()
+        for step in reversed(steps):
+            try:
+                meta = self.checkpointer.meta(step)
+                model = self.checkpointer.restore_model(step, abstract_model(self.spec), self.mesh, self.rules)
+                start = None if meta["stage_done"] else self._start_stage(self.plan[meta["stage_index"]], model, meta)
+                return meta, model, start
+            except (IncompatibleCheckpointError, RuntimeError, MemoryError):
+                raise  # intact but not this config's, or out of memory: an older checkpoint would hide the mistake
+            except Exception as error:  # Orbax / TensorStore / JSON errors of missing, truncated or corrupt files
+                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error) else ''}"
+                aside = self.checkpointer.set_aside(step)
+                print(f"{self.checkpointer.directory}/{step}: damaged checkpoint ({reason}); moved to {aside}, "
+                      "resuming from the previous one", file=sys.stderr)  # fmt: skip
+        if steps:
+            raise DamagedCheckpointsError(
+                f"{self.checkpointer.directory}: every checkpoint ({', '.join(map(str, steps))}) is damaged (moved to "
+                f"{self.checkpointer.directory}.damaged); remove the workdir's checkpoints to start over"
+            )
+        return None
+
+    def _start_stage(self, plan: StagePlan, model: nnx.Module, resume: dict[str, Any] | None = None) -> _StageStart:
+        """A stage ready to train: a fresh learner over ``model`` and the stage's prompt stream, or with ``resume``
+        (a mid-stage checkpoint's meta) the optimizer, KL reference and data position it recorded."""
+        stage = plan.spec
+        learner = Learner(model, self.spec.stage_learner(plan.name), self.mesh, self.rules)
         sources = [data_source(self.spec, source, repeat) for source, repeat in stage.data.items()]
         prompts = self._prompts(sources, stage.batch_size, self.spec.seed + 1000 * (plan.index + 1),
                                 num_epochs=None, order=stage.order, drop_solved=stage.drop_solved)  # fmt: skip
-        start_step = 0
-        if resume is not None:
+        if resume is None:
+            return _StageStart(learner, prompts, 0)
+        try:
             self.checkpointer.restore_optimizer(resume["global_step"], learner)
             prompts.set_state(resume["data_state"])
-            start_step = resume["stage_step"]
+        except BaseException:
+            prompts.close()
+            raise
+        return _StageStart(learner, prompts, resume["stage_step"])
+
+    def _run_stage(self, plan: StagePlan, start: _StageStart, metrics: MetricsWriter) -> nnx.Module:
+        stage, name = plan.spec, plan.name
+        learner, prompts, start_step = start.learner, start.prompts, start.step
         step_fn = STAGE_KINDS[stage.kind].make_step(self, name, stage, self.spec.stage_rollout(name), learner, prompts)
         rollout_traces = self.engine.num_compilations
         every = self.spec.checkpoint.every_steps

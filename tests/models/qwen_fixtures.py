@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from staged_vlm_jax.data import batch
 from staged_vlm_jax.models import tiny_config
 
 
@@ -52,13 +53,7 @@ def prompt(rng: np.random.Generator, cfg, grids: list[tuple[int, int, int]], tex
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(map(len, rows))
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = r
-        mask[i, width - len(r) :] = 1
-    return ids, mask
+    return batch.left_pad(rows, max(map(len, rows)), pad_id)
 
 
 def tiny(tie: bool = False):

@@ -93,34 +93,78 @@ def test_run_writes_the_workdir(uninterrupted: Path) -> None:
     assert {2, 6, 8, 10} <= set(steps)
 
 
-@pytest.mark.slow
-def test_sigkill_mid_stage_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path: Path) -> None:
-    workdir = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(workdir), env=_env(), stdout=subprocess.DEVNULL,
+def _kill_after_checkpoint(workdir: Path, step: int, *overrides: str) -> int:
+    """Starts a run, SIGKILLs it right after checkpoint ``step`` lands, and returns how many metric rows it wrote."""
+    process = subprocess.Popen(_train_command(workdir, *overrides), env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
-    # Global step 4 is the perception stage's periodic checkpoint (stage step 2 of 4): kill right after it lands.
     deadline = time.monotonic() + 600
-    while not (workdir / "checkpoints" / "4").exists():
+    while not (workdir / "checkpoints" / str(step)).exists():
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = len(read_metrics(workdir / "metrics.jsonl"))
+    return len(read_metrics(workdir / "metrics.jsonl"))
+
+
+def _assert_same_run(workdir: Path, expected: Path, tmp_path: Path) -> None:
+    """The same metrics (wall clock aside), evaluations and final weights as the run in ``expected``."""
+    assert _deterministic(read_metrics(workdir / "metrics.jsonl")) == _deterministic(
+        read_metrics(expected / "metrics.jsonl")
+    )
+    assert (workdir / "eval.jsonl").read_text() == (expected / "eval.jsonl").read_text()
+    final = _weights(workdir, tmp_path / f"{workdir.name}_hf")
+    reference = _weights(expected, tmp_path / f"{expected.name}_hf")
+    assert final.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(final[name], reference[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "killed"
+    # Global step 4 is the perception stage's periodic checkpoint (stage step 2 of 4): kill right after it lands.
+    killed_at = _kill_after_checkpoint(workdir, 4)
     assert 4 <= killed_at < 10, killed_at
     resumed = _train(workdir)
     assert "stage 2/4 perception" in resumed.stderr
     assert "stage 1/4 warm_start" not in resumed.stderr  # finished stages are not rerun
-
-    assert _deterministic(read_metrics(workdir / "metrics.jsonl")) == _deterministic(
-        read_metrics(uninterrupted / "metrics.jsonl")
-    )
     assert (workdir / "eval.jsonl").read_text().count("\n") == 4
-    final = _weights(workdir, tmp_path / "resumed_hf")
-    expected = _weights(uninterrupted, tmp_path / "uninterrupted_hf")
-    assert final.keys() == expected.keys()
-    for name in expected:
-        np.testing.assert_array_equal(final[name], expected[name], err_msg=name)
+    _assert_same_run(workdir, uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_hugging_face_directory_trains_resumes_and_exports(uninterrupted: Path, tmp_path: Path) -> None:
+    """The real path: ``model.path`` is an HF directory (written by `save_hf`, tokenizer inside) holding the very
+    weights the random-init run starts from. Trained, SIGKILLed, resumed, it ends exactly as the random-init run;
+    its export loads in transformers with the same logits as ours."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from staged_vlm_jax import models
+    from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
+    from staged_vlm_jax.train import config as config_lib
+    from staged_vlm_jax.train.export import model_config
+
+    spec = config_lib.resolve(cli.load_config(CONFIG, []), tmp_path)
+    source = tmp_path / "hf_model"
+    cfg = model_config(spec)
+    models.save_hf(models.create(cfg, dtype=spec.model.dtype, seed=spec.seed), cfg, source)
+    build_tiny_tokenizer(source)
+    overrides = (f"--config.model.path={source}", "--config.model.tokenizer=")
+    workdir = tmp_path / "from_hf"
+    assert 4 <= _kill_after_checkpoint(workdir, 4, *overrides) < 10
+    _train(workdir, *overrides)
+    _assert_same_run(workdir, uninterrupted, tmp_path)
+
+    exported = tmp_path / "from_hf_hf"  # written by _assert_same_run
+    ours, _ = models.load_hf(exported)
+    theirs = transformers.AutoModelForImageTextToText.from_pretrained(exported, torch_dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    ids = np.asarray([tokenizer("<think> 3 + 4 </think> \\boxed{7}")["input_ids"]], np.int32)
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.from_numpy(ids).long()).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(ids)), expected, atol=1e-4, rtol=0)
 
 
 def _raw_item(workdir: Path, step: int, item: str):
@@ -177,6 +221,41 @@ def test_incompatible_checkpoint_names_it(uninterrupted: Path, tmp_path: Path, c
                                      "--config.model.tiny.vocab_size=640"])  # fmt: skip
     assert f"{workdir / 'checkpoints'}/10: the checkpoint's model does not fit the configured model: " in error
     assert "language_model.embed_tokens.weight is (512, 64) in the checkpoint and (640, 64) in the model" in error
+
+
+def _truncate_largest_file(directory: Path) -> None:
+    """Damages a checkpoint item as a full disk or an interrupted copy would: its largest data file cut short."""
+    largest = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:100])
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(uninterrupted), str(workdir)], check=True)
+    _truncate_largest_file(workdir / "checkpoints" / "10" / "model")
+    resumed = _train(workdir)
+    warnings = [line for line in resumed.stderr.splitlines() if "damaged checkpoint" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{workdir / 'checkpoints'}/10: damaged checkpoint ("), warnings
+    assert (workdir / "checkpoints.damaged" / "10" / "model").is_dir()  # set aside, not deleted
+    assert "stage 4/4 visual_reasoning" in resumed.stderr  # retrained from the text-reasoning stage end (step 8)
+    _assert_same_run(workdir, uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(uninterrupted: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "all_damaged"
+    subprocess.run(["cp", "-r", str(uninterrupted), str(workdir)], check=True)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    for step in steps:
+        (workdir / "checkpoints" / str(step) / "model" / "manifest.ocdbt").write_bytes(b"garbage")
+    done = subprocess.run(_train_command(workdir), env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    listed = ", ".join(map(str, steps))
+    assert last.startswith(f"staged-vlm train: error: {workdir / 'checkpoints'}: every checkpoint ({listed})"), last
+    assert len(read_metrics(workdir / "metrics.jsonl")) == 10  # nothing truncated, nothing retrained
 
 
 def test_config_typo_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
