@@ -18,6 +18,7 @@ never deleted, and the run resumes from the newest intact one.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,32 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
     names = [[p for p in map(part, path) if p] for path, _ in leaves]
     return {".".join(name[:-1] if name[-1] == "value" else name): tuple(leaf.shape)
             for name, (_, leaf) in zip(names, leaves, strict=True)}  # fmt: skip
+
+
+def _is_cancelled_read_report(unraisable) -> bool:
+    message = str(unraisable.exc_value)
+    closed = isinstance(unraisable.exc_value, RuntimeError) and message == "Event loop is closed"
+    return closed or message.startswith("Encountered error while reading array index")
+
+
+def silence_cancelled_reads() -> None:
+    """Drops, from now on, the reports of reads cancelled by a damaged checkpoint's failed read.
+
+    When one read fails, the reads issued with it are abandoned, and their TensorStore callbacks report "Event
+    loop is closed" and the read error again as unraisable exceptions, dozens of tracebacks at arbitrary later
+    times that would bury the one-line report of the damage and say nothing more. Every other unraisable
+    exception still reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_cancelled_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _is_cancelled_read_report(unraisable):
+            previous(unraisable)
+
+    hook.drops_cancelled_reads = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:

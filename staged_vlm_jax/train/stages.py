@@ -38,7 +38,7 @@ from staged_vlm_jax.rl.rewards import RewardPool
 from staged_vlm_jax.rl.rollout import RolloutEngine
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import workdir as workdir_lib
-from staged_vlm_jax.train.checkpoint import Checkpointer, IncompatibleCheckpointError
+from staged_vlm_jax.train.checkpoint import Checkpointer, IncompatibleCheckpointError, silence_cancelled_reads
 from staged_vlm_jax.train.evaluation import HeldOutEvaluation
 from staged_vlm_jax.train.export import abstract_model, model_config
 from staged_vlm_jax.train.kinds import STAGE_KINDS
@@ -189,7 +189,13 @@ class StagedRun:
             except (IncompatibleCheckpointError, RuntimeError, MemoryError):
                 raise  # intact but not this config's, or out of memory: an older checkpoint would hide the mistake
             except Exception as error:  # Orbax / TensorStore / JSON errors of missing, truncated or corrupt files
-                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error) else ''}"
+                # TensorStore's messages run on with a pointer to "full details"; the first sentence says what failed.
+                reason = (
+                    (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    .split(" See full")[0]
+                    .rstrip(".")[:300]
+                )
+                silence_cancelled_reads()
                 aside = self.checkpointer.set_aside(step)
                 print(f"{self.checkpointer.directory}/{step}: damaged checkpoint ({reason}); moved to {aside}, "
                       "resuming from the previous one", file=sys.stderr)  # fmt: skip
