@@ -76,7 +76,14 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="config file (configs/*.py[:argument])")
     parser.add_argument("--workdir", required=True, help="run directory; rerunning on it resumes")
     parser.add_argument("--allow-config-change", action="store_true", help="resume with a config that differs")
-    parser.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() (multi-host)")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: jax.distributed.initialize(), auto-detected on TPU VMs and SLURM",
+    )
+    parser.add_argument("--coordinator", help="with --distributed: the coordinator's HOST:PORT (process 0's)")
+    parser.add_argument("--num-processes", type=int, help="with --distributed: how many processes join")
+    parser.add_argument("--process-id", type=int, help="with --distributed: this process's index")
     parser.epilog = "Config values are overridden with ml-collections flags, e.g. --config.rollout.n=8."
 
 
@@ -107,11 +114,14 @@ def _train(args: argparse.Namespace) -> int:
     """Runs (or resumes) the config's stages in the workdir, then writes the plots."""
     import jax
 
+    from staged_vlm_jax.train.config import ConfigKeyError
     from staged_vlm_jax.train.plots import plot_run
     from staged_vlm_jax.train.stages import StagedRun
 
     if args.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif args.coordinator or args.num_processes or args.process_id is not None:
+        raise ConfigKeyError("--coordinator / --num-processes / --process-id need --distributed")
     run = StagedRun(load_config(args.config, args.overrides), args.workdir,
                     allow_config_change=args.allow_config_change)  # fmt: skip
     run.run()

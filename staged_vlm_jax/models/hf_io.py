@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from staged_vlm_jax.models.registry import ModelFamily, get_family
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, logical_to_spec, variable_axes
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, logical_to_spec, to_host, variable_axes
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -168,14 +168,6 @@ def _place(host: np.ndarray, variable: nnx.Variable, mesh: Mesh | None, rules) -
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _to_host(array: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not array.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        array = multihost_utils.process_allgather(array, tiled=True)
-    return np.asarray(jax.device_get(array))
-
-
 def save_hf(model: nnx.Module, cfg, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Writes ``model`` as a HF directory (config.json + safetensors, sharded with an index when large).
 
@@ -208,7 +200,7 @@ def save_hf(model: nnx.Module, cfg, out_dir: str | os.PathLike, max_shard_bytes:
     )
     weight_map, total = {}, 0
     for file_name, shard in zip(file_names, shards, strict=True):
-        tensors = {name: _to_hf(_to_host(var[...]), shape, tr) for name, tr, var, shape in shard}
+        tensors = {name: _to_hf(to_host(var[...]), shape, tr) for name, tr, var, shape in shard}
         total += sum(t.nbytes for t in tensors.values())
         weight_map.update(dict.fromkeys(tensors, file_name))
         if writer:

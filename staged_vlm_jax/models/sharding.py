@@ -180,3 +180,63 @@ def shard_batch(mesh: Mesh, *arrays, rules: Mapping[str, MeshAxes] = DEFAULT_RUL
     return tuple(
         None if a is None else jax.device_put(np.asarray(a), batch_sharding(mesh, np.ndim(a), rules)) for a in arrays
     )
+
+
+# -- several processes (multi-host) ---------------------------------------------------------------------------------
+# The training loop runs the same host logic in every process on the same global batch (data order, rewards,
+# advantages); only device placement is per process: each process fills its own devices' shards of a global array.
+
+
+def place(tree, sharding):
+    """Host or device arrays placed with ``sharding`` (one sharding for every leaf, or a tree of them).
+
+    One process: ``jax.device_put``. Several: host values, the same in every process, become global arrays whose
+    shards each process fills from its own copy (``jax.make_array_from_callback``); arrays already spread over the
+    processes are resharded.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    leaves, treedef = jax.tree.flatten(tree)
+    single = isinstance(sharding, jax.sharding.Sharding)
+    targets = [sharding] * len(leaves) if single else jax.tree.leaves(sharding)  # one per array leaf, in order
+
+    def one(x, target):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, target)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+    return treedef.unflatten([one(x, target) for x, target in zip(leaves, targets, strict=True)])
+
+
+def to_host(tree):
+    """Whole numpy copies of a tree's arrays in every process: arrays spread over several processes' devices are
+    gathered (every process must call this at the same point)."""
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def same_in_every_process(tree):
+    """Process 0's values of a host tree in every process (e.g. rewards, which a timeout could make differ)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.broadcast_one_to_all(tree)
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches this point (a no-op in one process), e.g. after process 0 wrote files."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

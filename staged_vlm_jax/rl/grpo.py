@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from staged_vlm_jax.data.batch import PromptBatch, pad_axis
+from staged_vlm_jax.models.sharding import same_in_every_process
 from staged_vlm_jax.rl import advantages
 from staged_vlm_jax.rl.learner import Learner, TrainBatch
 from staged_vlm_jax.rl.rollout import RolloutEngine
@@ -186,7 +187,8 @@ class GRPOTrainer:
         start = time.perf_counter()
         responses = [self.decode(row[: int(length)].tolist()) for row, length in zip(tokens, lengths, strict=True)]
         ground_truths = [gt for gt in prompts.ground_truths for _ in range(cfg.n)]
-        scores, stats = self.score(responses, ground_truths)
+        # Every process scores the whole batch; process 0's scores rule (a reward timeout can differ between hosts).
+        scores, stats = same_in_every_process(self.score(responses, ground_truths))
         for key, value in stats.items():
             reward_stats[key] = reward_stats.get(key, 0.0) + value
         scores = {key: np.asarray([s[key] for s in scores], np.float32) for key in scores[0]}

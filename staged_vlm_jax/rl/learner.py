@@ -21,11 +21,20 @@ from collections.abc import Mapping
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, axis_rules, batch_shards, state_shardings
+from staged_vlm_jax.models.sharding import (
+    DEFAULT_RULES,
+    MeshAxes,
+    axis_rules,
+    batch_shards,
+    place,
+    state_shardings,
+    to_host,
+)
 from staged_vlm_jax.rl import losses
 from staged_vlm_jax.rl.objectives import OBJECTIVES
 from staged_vlm_jax.rl.optimizers import OPTIMIZER_PRECISIONS
@@ -192,9 +201,9 @@ class Learner:
         if mesh is None:
             opt_state = self.tx.init(params)
         else:
-            params, frozen = (jax.device_put(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
+            params, frozen = (place(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
             replicated = NamedSharding(mesh, PartitionSpec())
-            scalar = jax.device_put(scalar, replicated)
+            scalar = place(scalar, replicated)
             # The moments mirror the params' shardings (GSPMD propagation); scalars (Adam's count) are replicated.
             opt_state = jax.tree.map(
                 lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
@@ -231,7 +240,7 @@ class Learner:
         if rows % shards:
             what = "rows" if batch.group_size == 1 else f"groups of {batch.group_size} rows"
             raise ValueError(f"{rows} {what} do not split over {shards} batch shards")
-        return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec(self.rules["batch"])))
+        return place(batch, NamedSharding(self.mesh, PartitionSpec(self.rules["batch"])))
 
     def group_size(self, rows: int, n: int) -> int:
         """The ``TrainBatch.group_size`` for ``rows`` rows in groups of ``n``: n where sharing is on and every
@@ -240,14 +249,14 @@ class Learner:
         whole = batch_split_error(self.config, rows, n) is None and (rows // n) % shards == 0
         return n if self.config.share_prompts and n > 1 and whole else 1
 
-    def train_step(self, batch: TrainBatch) -> dict[str, jax.Array]:
-        """Runs one RL step's updates on ``batch`` and returns its metrics; updates ``self.state``."""
+    def train_step(self, batch: TrainBatch) -> dict[str, np.ndarray]:
+        """Runs one RL step's updates on ``batch`` and returns its metrics (host values); updates ``self.state``."""
         error = batch_split_error(self.config, batch.input_ids.shape[0], batch.group_size)
         if error:
             raise ValueError(error)
         with axis_rules(self.rules):  # the model's activation constraints follow this learner's rules
             self.state, metrics = self._step(self.state, self.place_batch(batch))
-        return metrics
+        return to_host(metrics)
 
     # -- compiled ---------------------------------------------------------------------------------------------------
 

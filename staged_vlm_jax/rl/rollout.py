@@ -36,6 +36,8 @@ from staged_vlm_jax.models.sharding import (
     batch_sharding,
     batch_shards,
     constrain,
+    place,
+    to_host,
 )
 
 
@@ -233,7 +235,7 @@ class RolloutEngine:
         )
         limit = self.config.max_cache_bytes
         if limit is None:
-            stats = jax.devices()[0].memory_stats() or {}
+            stats = jax.local_devices()[0].memory_stats() or {}  # this process's device: all are alike
             if "bytes_limit" in stats:
                 limit = int(stats["bytes_limit"] * self.config.cache_memory_fraction)
         if limit is not None and bytes_needed > limit:
@@ -311,6 +313,8 @@ class RolloutEngine:
                 pad=pad_token_id,
                 banned=model.cfg.special_token_ids,
             )
+        if jax.process_count() > 1:  # every process continues with the whole batch's results (host numpy)
+            out = to_host(out)
         return jax.tree.map(lambda x: x[: batch * n, :max_new_tokens] if x.ndim == 2 else x[: batch * n], out)
 
     def model_inputs(self, cfg, prompts: PromptBatch, pad_token_id: int):
@@ -324,7 +328,7 @@ class RolloutEngine:
     def _place(self, array: np.ndarray):
         if self.mesh is None:
             return array
-        return jax.device_put(array, batch_sharding(self.mesh, array.ndim, self.rules))
+        return place(array, batch_sharding(self.mesh, array.ndim, self.rules))
 
     def _mesh_context(self):
         if self.mesh is None:

@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, state_shardings
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, barrier, state_shardings
 from staged_vlm_jax.rl.learner import Learner
 
 
@@ -181,6 +181,7 @@ class Checkpointer:
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(self.directory / str(global_step), target)
+        barrier("checkpoint set aside")
         self.manager.reload()
         return target
 

@@ -135,10 +135,12 @@ class StagedRun:
         return models.create(model_config(self.spec), dtype=model.dtype, seed=self.spec.seed)
 
     def _prompts(self, sources: list[DataSource], batch_size: int, seed: int, **options) -> PromptIterator:
+        """The global prompt stream, the same in every process: hosts run the same host logic on the same batch
+        (one process or many give the same run) and place only their own devices' shards."""
         data = self.spec.data
         return prompt_pipeline(
             PipelineConfig(
-                sources=tuple(sources), batch_size=batch_size // jax.process_count(), seed=seed,
+                sources=tuple(sources), batch_size=batch_size, seed=seed, shard_index=0, shard_count=1,
                 prompt_buckets=data.prompt_buckets, max_prompt_length=data.max_prompt_length,
                 image_settings=self.image_settings, on_error=data.on_error, worker_threads=data.worker_threads,
                 **options,

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from staged_vlm_jax.data.schema import CAPABILITIES
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer
+from staged_vlm_jax.models.sharding import barrier
 from staged_vlm_jax.train import config as config_lib
 
 CONFIG_FILE = "config.json"
@@ -39,6 +40,7 @@ def check_config(workdir: Path, config: ml_collections.ConfigDict, allow_change:
                 f"{path}: this workdir was run with another config; differing keys: {', '.join(differences)} "
                 "(use another --workdir, or --allow-config-change to resume with the new values)"
             )
+    barrier("config read")  # no process reads config.json while process 0 rewrites it
     if jax.process_index() == 0:
         path.write_text(config_lib.canonical(config) + "\n")
 
@@ -54,11 +56,15 @@ def write_synthetic_data(spec: config_lib.RunSpec, workdir: Path) -> None:
     """The testbed's train and held-out sets, written once into workdir/data (atomically: a kill mid-write leaves
     no partial data set behind to be mistaken for a complete one)."""
     synthetic = spec.data.synthetic
-    out = workdir / "data"
-    if not synthetic.train_rows or out.exists():
+    if not synthetic.train_rows:
         return
-    if jax.process_count() > 1:
-        raise config_lib.ConfigKeyError("config.data.synthetic: the testbed's data is for single-process runs")
+    if jax.process_index() == 0 and not (workdir / "data").exists():
+        _write_synthetic(synthetic, workdir)
+    barrier("synthetic data written")  # every process passes here, whoever wrote
+
+
+def _write_synthetic(synthetic: config_lib.SyntheticSpec, workdir: Path) -> None:
+    out = workdir / "data"
     partial = workdir / "data.partial"
     shutil.rmtree(partial, ignore_errors=True)
     for split, rows, seed in (("train", synthetic.train_rows, synthetic.seed),
@@ -75,5 +81,8 @@ def tokenizer(spec: config_lib.RunSpec, workdir: Path) -> PreTrainedTokenizerFas
     model = spec.model
     if model.tokenizer == "tiny":
         tiny = workdir / "tokenizer"
-        return load_tokenizer(tiny) if (tiny / "tokenizer.json").exists() else build_tiny_tokenizer(tiny)
+        if not (tiny / "tokenizer.json").exists() and jax.process_index() == 0:
+            build_tiny_tokenizer(tiny)
+        barrier("tokenizer written")
+        return load_tokenizer(tiny)
     return load_tokenizer(model.tokenizer or model.path)
