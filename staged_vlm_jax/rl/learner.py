@@ -171,6 +171,21 @@ def batch_split_error(cfg: LearnerConfig, rows: int, group_size: int = 1) -> str
     )
 
 
+def optimizer_state_shardings(abstract_state, params, other: NamedSharding):
+    """Shardings of an optimizer state: each per-parameter leaf (moments, master copies, compensation buffers) as
+    its parameter — found by its tree path ending in the parameter's path, with the same shape — and ``other``
+    (replicated) for the rest (step counts). Left to propagation, zero-initialised moments come out replicated: a
+    7B model's Adam state in full on every device."""
+    by_path = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+    def sharding(path, leaf):
+        key = jax.tree_util.keystr(path)
+        matches = [name for name, p in by_path.items() if key.endswith(name) and p.shape == leaf.shape]
+        return by_path[max(matches, key=len)].sharding if matches else other  # the most specific path
+
+    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
 def _split_rows(tree, *leading: int):
     """Reshapes every batched leaf [X, ...] to [*leading, X / prod(leading), ...] (per-row and per-group leaves
     alike: a split into whole groups splits both consistently)."""
@@ -204,11 +219,8 @@ class Learner:
             params, frozen = (place(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
             replicated = NamedSharding(mesh, PartitionSpec())
             scalar = place(scalar, replicated)
-            # The moments mirror the params' shardings (GSPMD propagation); scalars (Adam's count) are replicated.
-            opt_state = jax.tree.map(
-                lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
-                jax.jit(self.tx.init)(params),
-            )
+            shardings = optimizer_state_shardings(jax.eval_shape(self.tx.init, params), params, replicated)
+            opt_state = jax.jit(self.tx.init, out_shardings=shardings)(params)
         self.state = TrainState(
             params=params,
             frozen=frozen,

@@ -170,6 +170,28 @@ def test_sharded_step_equals_single_device_step(group):
     assert float(sharded_metrics["loss"]) == pytest.approx(float(single_metrics["loss"]), abs=1e-6)
 
 
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_optimizer_state_is_sharded_as_its_parameters(dtype):
+    """Adam's moments (and bf16's compensation buffers) live where their parameters do, not replicated: a 7B
+    model's optimizer state in full on every device would not fit."""
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    learner = Learner(models.create(tiny(), dtype=dtype), _config(), mesh=mesh)
+    learner.train_step(make_batch(tiny()))  # and they stay there through an update
+    params = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(learner.state.params)}
+    per_parameter = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(learner.state.opt_state):
+        key = jax.tree_util.keystr(path)
+        owner = max((name for name in params if key.endswith(name)), key=len, default=None)
+        if owner is None:
+            assert leaf.sharding.is_fully_replicated, key  # step counts
+        else:
+            per_parameter += 1
+            assert leaf.sharding == params[owner].sharding, key
+    assert per_parameter == len(params) * (2 if dtype == "float32" else 3)  # mu, nu (+ Kahan compensation)
+    assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(learner.state.opt_state))
+
+
 def test_batch_that_does_not_split_is_refused():
     cfg = tiny()
     learner = Learner(models.create(cfg, seed=6), _config(micro_batch_size=3))
