@@ -271,18 +271,32 @@ class PromptAdmission:
 
     Drops `SkippedRow`s (counted in ``load_errors`` by reason) and prompts over ``max_prompt_length`` tokens
     (counted in ``overlong``, EasyR1's filter_overlong_prompts rule on the image-expanded ids).
+
+    A stream that repeats forever would spin without end if every row were dropped, so ``epoch_rows`` consecutive
+    drops (a whole epoch's worth, at most) stop it with a `DataError` naming ``sources`` and what was dropped.
     """
 
-    def __init__(self, max_prompt_length: int) -> None:
+    def __init__(self, max_prompt_length: int, epoch_rows: int | None = None, sources: str = "") -> None:
         self.overlong = PromptFilter(max_prompt_length)
         self.load_errors = SkipCounter()
+        self.epoch_rows, self.sources = epoch_rows, sources
+        self.dropped_in_a_row = 0
 
     def __call__(self, item: Prompt | SkippedRow) -> bool:
         self.load_errors.rows_seen += 1
         if isinstance(item, SkippedRow):
             self.load_errors.record(item.error())
-            return False
-        return self.overlong(item.input_ids)
+            admitted = False
+        else:
+            admitted = self.overlong(item.input_ids)
+        self.dropped_in_a_row = 0 if admitted else self.dropped_in_a_row + 1
+        if self.epoch_rows and self.dropped_in_a_row >= self.epoch_rows:
+            reasons = {"over max_prompt_length": self.overlong.dropped, **self.load_errors.counts}
+            summary = ", ".join(f"{count} {reason}" for reason, count in reasons.items() if count)
+            message = (f"no usable prompt in {self.dropped_in_a_row} consecutive rows, a whole epoch ({summary}); "
+                       "fix the data or data.max_prompt_length")  # fmt: skip
+            raise DataError(self.sources, "rows", message, reason="no_usable_rows")
+        return admitted
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -290,6 +304,7 @@ class PromptAdmission:
             "overlong_dropped": self.overlong.dropped,
             "load_rows_seen": self.load_errors.rows_seen,
             "load_errors": dict(self.load_errors.counts),
+            "dropped_in_a_row": self.dropped_in_a_row,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -297,6 +312,7 @@ class PromptAdmission:
         self.overlong.dropped = state["overlong_dropped"]
         self.load_errors = SkipCounter(rows_seen=state["load_rows_seen"])
         self.load_errors.counts.update(state["load_errors"])
+        self.dropped_in_a_row = state.get("dropped_in_a_row", 0)  # absent from states saved before it existed
 
 
 class PromptCollator:
@@ -366,7 +382,9 @@ def prompt_pipeline(config: PipelineConfig, tokenizer: PreTrainedTokenizerFast) 
     )
     if config.worker_count:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
-    admission = PromptAdmission(config.max_prompt_length)
+    # An upper bound on an epoch's rows for this host (the whole files, each repeated as configured).
+    epoch_rows = sum(source.repeat * len(rows) for source, rows in zip(config.sources, sources, strict=True))
+    admission = PromptAdmission(config.max_prompt_length, epoch_rows, ", ".join(str(s.path) for s in config.sources))
     batches = dataset.filter(admission).batch(
         config.batch_size,
         drop_remainder=config.drop_remainder,

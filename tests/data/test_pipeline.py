@@ -145,6 +145,15 @@ def test_overlong_prompts_are_dropped_and_counted(data):
     assert (pipeline.admission.overlong.seen, pipeline.admission.overlong.dropped) == (len(lengths), expected_dropped)
 
 
+def test_a_stream_whose_every_row_is_dropped_stops_instead_of_spinning(data):
+    """num_epochs=None repeats forever: with every prompt over the limit, the filter would never pass a row."""
+    cfg = config(data["text"], num_epochs=None, max_prompt_length=8)
+    expected = (r"text_reasoning\.jsonl: rows: no usable prompt in 24 consecutive rows, a whole epoch "
+                r"\(24 over max_prompt_length\); .*data\.max_prompt_length")  # fmt: skip
+    with pytest.raises(DataError, match=expected):
+        next(prompt_pipeline(cfg, data["tokenizer"]))
+
+
 def test_text_only_batches_have_no_images(data):
     batch = next(prompt_pipeline(config(data["text"]), data["tokenizer"]))
     assert batch.pixel_values is None and batch.image_grid_thw is None

@@ -268,6 +268,15 @@ def test_config_typo_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
     assert "config.stages.perception.epoch: unknown config key; did you mean config.stages.perception.epochs?" in error
 
 
+def test_data_with_no_usable_prompt_is_one_line_not_a_hang(tmp_path: Path, capsys) -> None:
+    argv = ["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.data.max_prompt_length=8", CACHE]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error  # the stage's progress bar, then the one error line
+    last = error.strip().splitlines()[-1]
+    assert "perception.jsonl" in last and "no usable prompt in" in last and "over max_prompt_length" in last, last
+
+
 def test_missing_paths_are_one_line_naming_them(tmp_path: Path, capsys) -> None:
     base = ["train", "--config", CONFIG, "--config.data.synthetic.train_rows=0"]
     missing = tmp_path / "nowhere" / "perception.jsonl"
