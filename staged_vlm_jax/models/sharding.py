@@ -177,9 +177,7 @@ def batch_shards(mesh: Mesh | None, rules: Mapping[str, MeshAxes] = DEFAULT_RULE
 
 def shard_batch(mesh: Mesh, *arrays, rules: Mapping[str, MeshAxes] = DEFAULT_RULES):
     """Places host arrays batch-sharded on ``mesh`` (None passes through)."""
-    return tuple(
-        None if a is None else jax.device_put(np.asarray(a), batch_sharding(mesh, np.ndim(a), rules)) for a in arrays
-    )
+    return tuple(None if a is None else place(np.asarray(a), batch_sharding(mesh, np.ndim(a), rules)) for a in arrays)
 
 
 # -- several processes (multi-host) ---------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ class GRPOTrainer:
                 break
         batch = concatenate(kept + dropped, self.pad_token_id).take(np.arange(groups_wanted * cfg.n))
         train_start = time.perf_counter()
-        train_metrics = jax.device_get(self.learner.train_step(self._train_batch(batch)))
+        train_metrics = self.learner.train_step(self._train_batch(batch))  # host values
         train_s = time.perf_counter() - train_start
 
         every = concatenate(sampled, self.pad_token_id)

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from staged_vlm_jax.data.batch import PromptBatch, bucket, model_inputs, to_per_row
+from staged_vlm_jax.data.batch import PromptBatch, bucket, model_inputs, pad_axis, to_per_row
 from staged_vlm_jax.models.sharding import (
     DEFAULT_RULES,
     MeshAxes,
@@ -279,10 +279,10 @@ class RolloutEngine:
         cache_size = prompt_bucket + length
         self._check_cache_fits(model, rows_bucket * n, cache_size)
 
-        ids = np.full((rows_bucket, prompt_bucket), pad_token_id, np.int32)
-        mask = np.zeros((rows_bucket, prompt_bucket), np.int32)
-        ids[:batch, prompt_bucket - prompt_len :] = input_ids
-        mask[:batch, prompt_bucket - prompt_len :] = attention_mask
+        # Prompts left-padded to the prompt bucket, then padding rows (all pad, no attention) up to the batch bucket.
+        pad = lambda x, value: pad_axis(pad_axis(x.astype(np.int32), 1, prompt_bucket, left=True, value=value), 0,
+                                        rows_bucket, value=value)  # fmt: skip
+        ids, mask = pad(input_ids, pad_token_id), pad(attention_mask, 0)
         if pixel_values is not None:
             pixel_values, image_grid_thw = to_per_row(
                 input_ids, np.asarray(pixel_values), np.asarray(image_grid_thw), rows_bucket,

@@ -31,8 +31,10 @@ class HeldOutEvaluation:
         self.rows = list(rows)
         self._write()
 
-    def run(self, model: nnx.Module, after: str, stage_index: int, global_step: int, *, engine, score: Callable,
-            decode: Callable, prompts: Callable[[str], Iterator], eos_token_ids, pad_token: int) -> None:  # fmt: skip
+    def run(
+        self, model: nnx.Module, after: str, stage_index: int, global_step: int, *, engine, score: Callable,
+        decode: Callable, prompts: Callable[[str], Iterator], eos_token_ids, pad_token_id: int,
+    ) -> None:  # fmt: skip
         """Scores ``model`` on every held-out set; ``prompts(set name)`` gives one pass over that set's batches."""
         spec = self.spec.eval
         if not spec.sources:
@@ -43,7 +45,7 @@ class HeldOutEvaluation:
             batches = prompts(name)
             row[name] = evaluate(
                 model, engine, batches, score, decode, max_new_tokens=max_new_tokens,
-                eos_token_ids=eos_token_ids, pad_token_id=pad_token,
+                eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
             )  # fmt: skip
             batches.close()
         self.rows.append(row)

@@ -266,7 +266,7 @@ class StagedRun:
         batch_size = self.spec.eval.batch_size
         self.evaluation.run(
             model, after, stage_index, global_step, engine=self.engine, score=self.score_function(),
-            decode=self.decode, eos_token_ids=self.eos_token_ids, pad_token=self.tokenizer.pad_token_id,
+            decode=self.decode, eos_token_ids=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
             prompts=lambda name: self._prompts([data_source(self.spec, name)], batch_size, seed=0, num_epochs=1,
                                                drop_remainder=False),
         )  # fmt: skip
