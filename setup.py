@@ -17,6 +17,8 @@ setup(
         "flax>=0.12.8,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
+        "etils[epath]>=1.7,<2",  # local and gs:// paths (staged_vlm_jax/paths.py), as Orbax uses
+        "fsspec>=2024.6",  # epath's backend for gs://; the tests' GCS stand-in
         "grain>=0.2.18,<0.3",
         "ml-collections>=1.1,<2",
         "absl-py>=2.1,<3",  # ml-collections' command-line config overrides
@@ -41,6 +43,8 @@ setup(
         "test": ["pytest>=8,<10", "ruff>=0.15,<1", "torch==2.13.0"],
         "gpu": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
+        # gs:// workdirs and data: gcsfs for etils.epath / TensorBoard, the GCS client Orbax calls.
+        "gcs": ["gcsfs>=2024.6", "google-cloud-storage>=2.14,<4"],
     },
     entry_points={"console_scripts": ["staged-vlm=staged_vlm_jax.cli:main"]},
 )

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import grain
@@ -44,6 +43,7 @@ from staged_vlm_jax.data.images import QWEN2_VL, QwenImageSettings
 from staged_vlm_jax.data.prompts import PromptFilter, build_prompt
 from staged_vlm_jax.data.schema import ON_ERROR_POLICIES, DataError, ErrorPolicy, Example, RowLocation, SkipCounter
 from staged_vlm_jax.data.sources import read_rows
+from staged_vlm_jax.paths import PathLike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +54,9 @@ class DataSource:
     source its stage's epoch count, so it sees the same data as the staged run).
     """
 
-    path: str | Path
+    path: PathLike
     capability: str
-    image_root: str | Path | None = None
+    image_root: PathLike | None = None
     repeat: int = 1
 
 

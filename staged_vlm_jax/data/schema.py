@@ -28,10 +28,10 @@ import io
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 CAPABILITIES = ("perception", "text_reasoning", "visual_reasoning")
@@ -50,7 +50,7 @@ class RowLocation:
     arrays, parquet and TSV data rows (what ``rows[i]`` / ``table[i]`` gives).
     """
 
-    file: Path
+    file: epath.Path
     row: int | None = None
 
     def __str__(self) -> str:
@@ -78,7 +78,7 @@ class ImageRef:
     call the image (its path, or the path stored beside embedded bytes).
     """
 
-    source: Path | bytes
+    source: epath.Path | bytes
     where: RowLocation | str
     field: str
     name: str
@@ -92,8 +92,8 @@ class ImageRef:
         over Pillow's decompression-bomb limit).
         """
         try:
-            opened = Image.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source)
-            with opened as image:
+            data = self.source if isinstance(self.source, bytes) else self.source.read_bytes()
+            with Image.open(io.BytesIO(data)) as image:
                 return np.asarray(image.convert("RGB"), dtype=np.uint8)
         except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
             raise DataError(

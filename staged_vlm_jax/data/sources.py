@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import csv
 import dataclasses
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from staged_vlm_jax.data.schema import (
     CAPABILITIES,
@@ -52,6 +55,7 @@ from staged_vlm_jax.data.schema import (
     SkipCounter,
     mcq_problem,
 )
+from staged_vlm_jax.paths import PathLike, as_path
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ _PARQUET_BATCH_ROWS = 256
 class ReadOptions:
     """What `read_rows` was asked for, as every ``build`` step sees it."""
 
-    image_root: Path
+    image_root: epath.Path
     capability: str
     problem_key: str = "problem"
     answer_key: str = "answer"
@@ -75,7 +79,7 @@ class ReadOptions:
 class RowFormat:
     """A file format: ``records`` yields (row number, raw record); ``build`` makes one record an `Example`."""
 
-    records: Callable[[Path], Iterator[tuple[int, Any]]]
+    records: Callable[[epath.Path], Iterator[tuple[int, Any]]]
     build: Callable[[Any, RowLocation, ReadOptions], Example]
 
 
@@ -90,10 +94,10 @@ def register_format(row_format: RowFormat, *extensions: str) -> None:
 
 
 def read_rows(
-    path: str | Path,
+    path: PathLike,
     *,
     capability: str,
-    image_root: str | Path | None = None,
+    image_root: PathLike | None = None,
     on_error: ErrorPolicy = "raise",
     skipped: SkipCounter | None = None,
     verify_images: bool = True,
@@ -108,7 +112,7 @@ def read_rows(
     ends with rows skipped; pass one to aggregate over several files and report it yourself. Errors about the
     whole file (unknown extension, unreadable file) always raise. Rows without ``id`` get ``"{file stem}:{row}"``.
     """
-    path = Path(path)
+    path = as_path(path)
     if on_error not in ON_ERROR_POLICIES:
         raise ValueError(f"on_error must be one of {sorted(ON_ERROR_POLICIES)}, got {on_error!r}")
     if capability not in CAPABILITIES:
@@ -122,7 +126,7 @@ def read_rows(
             reason="unknown_format",
         )
     options = ReadOptions(
-        image_root=Path(image_root) if image_root is not None else path.parent,
+        image_root=as_path(image_root) if image_root is not None else path.parent,
         capability=capability,
         problem_key=problem_key,
         answer_key=answer_key,
@@ -206,7 +210,7 @@ class JsonLine:
     data: bytes
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, JsonLine]]:
+def _json_lines(path: epath.Path) -> Iterator[tuple[int, JsonLine]]:
     # Binary, so that a line that is not valid UTF-8 is one malformed row rather than an unreadable file.
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
@@ -214,15 +218,15 @@ def _json_lines(path: Path) -> Iterator[tuple[int, JsonLine]]:
                 yield number, JsonLine(line)
 
 
-def _first_character(path: Path) -> str:
-    with path.open(encoding="utf-8", errors="replace") as file:
+def _first_character(path: epath.Path) -> str:
+    with path.open("rb") as file:
         while chunk := file.read(1 << 16):
             if chunk.strip():
-                return chunk.lstrip()[0]
+                return chunk.lstrip()[:1].decode("utf-8", errors="replace")
     return ""
 
 
-def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
+def _json_records(path: epath.Path) -> Iterator[tuple[int, Any]]:
     if _first_character(path) != "[":
         yield from _json_lines(path)
         return
@@ -243,28 +247,30 @@ def _build_json_record(record: Any, location: RowLocation, options: ReadOptions)
     return build_easyr1_row(record, location, options)
 
 
-def _parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _parquet_records(path: epath.Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         import pyarrow.parquet as parquet
     except ImportError as error:
         raise ImportError(f"reading {path} needs pyarrow (pip install pyarrow)") from error
     import pyarrow
 
-    try:
-        parquet_file = parquet.ParquetFile(path)
-    except (pyarrow.ArrowException, OSError) as error:
-        raise DataError(path, "file", f"not a readable parquet file ({error})", reason="unreadable_file") from error
-    row = 0
-    for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-        for record in batch.to_pylist():
-            yield row, record
-            row += 1
+    with contextlib.ExitStack() as stack:
+        try:
+            parquet_file = parquet.ParquetFile(stack.enter_context(path.open("rb")))
+        except (pyarrow.ArrowException, OSError) as error:
+            raise DataError(path, "file", f"not a readable parquet file ({error})", reason="unreadable_file") from error
+        row = 0
+        for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            for record in batch.to_pylist():
+                yield row, record
+                row += 1
 
 
-def _tsv_records(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
+def _tsv_records(path: epath.Path) -> Iterator[tuple[int, dict[str, str | None]]]:
     # Base64 images exceed csv's default 128 KiB field limit; 2**31 - 1 is the largest every platform accepts.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    with path.open(encoding="utf-8", newline="") as file:
+    # epath's open takes no newline=; csv needs the untranslated line ends (quoted fields may hold "\r\n").
+    with io.TextIOWrapper(path.open("rb"), encoding="utf-8", newline="") as file:
         reader = csv.DictReader(file, delimiter="\t")
         missing = {"question", "answer", "image"} - set(reader.fieldnames or ())
         if missing:

@@ -30,12 +30,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 
 from staged_vlm_jax.data.schema import CAPABILITIES, IMAGE_PLACEHOLDER, mcq_problem
+from staged_vlm_jax.paths import PathLike, as_path
 
 MIN_IMAGE_SIZE = 56  # below this the smallest shapes (a quarter of a 4x4 grid cell) blur into a few pixels
 BACKGROUND = (255, 255, 255)
@@ -407,13 +408,13 @@ def visual_reasoning_row(rng: np.random.Generator, image_size: int) -> Synthetic
 
 
 def write_synthetic(
-    out_dir: str | Path,
+    out_dir: PathLike,
     capability: str,
     num_rows: int,
     seed: int,
     image_size: int = MIN_IMAGE_SIZE,
     max_difficulty: float = 1.0,
-) -> Path:
+) -> epath.Path:
     """Write ``num_rows`` rows of ``capability`` to ``out_dir/{capability}.jsonl`` (+ ``out_dir/images/``).
 
     Rows are EasyR1-schema JSON objects ``{"id", "problem", "answer", "images", "pass_rate"}`` (``images`` omitted
@@ -429,7 +430,7 @@ def write_synthetic(
         raise ValueError(f"max_difficulty must be in [0, 1], got {max_difficulty}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, CAPABILITIES.index(capability)])
     path = out_dir / f"{capability}.jsonl"
@@ -445,7 +446,8 @@ def write_synthetic(
             }
             if generated.image is not None:
                 image_path = f"images/{capability}_{index:05d}.png"
-                generated.image.save(out_dir / image_path, format="PNG")
+                with (out_dir / image_path).open("wb") as image_file:
+                    generated.image.save(image_file, format="PNG")
                 row["images"] = [image_path]
             row["pass_rate"] = generated.pass_rate
             rows.write(json.dumps(row) + "\n")

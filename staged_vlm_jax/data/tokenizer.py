@@ -18,6 +18,8 @@ from tokenizers import AddedToken, Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import BPE
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer
 
+from staged_vlm_jax import paths
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -92,16 +94,17 @@ class TokenizerError(ValueError):
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """The tokenizer shipped in a local Hugging Face model directory (never downloaded), with its chat template.
+    """The tokenizer shipped in a Hugging Face model directory (never downloaded), with its chat template; a remote
+    directory (``gs://…``) is copied to a temporary local one first.
 
     Raises FileNotFoundError if ``path`` is not a directory, and `TokenizerError` if transformers cannot load a fast
     tokenizer from it or it has no chat template (prompts are built with the model's own template).
     """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist (expected a local Hugging Face dir)")
+    if not paths.as_path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {os.fspath(path)!r} does not exist (expected a Hugging Face dir)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with paths.local_copy(path) as local:
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(local), local_files_only=True)
     except (OSError, ValueError) as e:
         raise TokenizerError(f"{path}: transformers cannot load a tokenizer from this directory: {e}") from e
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
@@ -164,5 +167,6 @@ def build_tiny_tokenizer(
         }
     )
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
-    tokenizer.save_pretrained(os.fspath(out_dir))
+    with paths.staged_output(out_dir) as local:
+        tokenizer.save_pretrained(os.fspath(local))
     return load_tokenizer(out_dir)

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from staged_vlm_jax import paths
 from staged_vlm_jax.models.registry import ModelFamily, get_family
 from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, logical_to_spec, to_host, variable_axes
 
@@ -98,8 +99,8 @@ def _open(file: Path):
 
 
 def read_config(path: str | os.PathLike):
-    """(family, config dataclass) from ``path/config.json``."""
-    config_file = Path(path) / "config.json"
+    """(family, config dataclass) from ``path/config.json`` (``path`` may be remote: only this file is read)."""
+    config_file = paths.as_path(path) / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{config_file} not found; expected a Hugging Face model directory")
     try:
@@ -118,12 +119,17 @@ def load_hf(
     mesh: Mesh | None = None,
     rules: Mapping[str, MeshAxes] = DEFAULT_RULES,
 ):
-    """Loads a local HF directory (config.json + safetensors) into an NNX model; returns (model, config).
+    """Loads a HF directory (config.json + safetensors) into an NNX model; returns (model, config).
 
     With ``mesh``, each parameter is created directly in its shards (see `sharding.DEFAULT_RULES`). Missing,
-    unexpected or wrongly shaped tensors raise `CheckpointError` naming them.
+    unexpected or wrongly shaped tensors raise `CheckpointError` naming them. A remote directory (``gs://…``) is
+    copied to local temporary disk first (safetensors maps local files).
     """
-    directory = Path(path)
+    with paths.local_copy(path) as directory:
+        return _load_local(Path(directory), dtype, mesh, rules)
+
+
+def _load_local(directory: Path, dtype, mesh: Mesh | None, rules: Mapping[str, MeshAxes]):
     family, cfg = read_config(directory)
     dtype = jnp.dtype(dtype)
     abstract = nnx.eval_shape(lambda: family.model_cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
@@ -169,7 +175,8 @@ def _place(host: np.ndarray, variable: nnx.Variable, mesh: Mesh | None, rules) -
 
 
 def save_hf(model: nnx.Module, cfg, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Writes ``model`` as a HF directory (config.json + safetensors, sharded with an index when large).
+    """Writes ``model`` as a local HF directory (config.json + safetensors, sharded with an index when large);
+    `staged_vlm_jax.train.export.export_hf` also writes to remote directories.
 
     Shards are gathered and written one file at a time, so host memory peaks at one shard. Under multi-host,
     every process must call this (the gather is collective); only process 0 writes.

@@ -17,18 +17,18 @@ never deleted, and the run resumes from the newest intact one.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, barrier, state_shardings
+from staged_vlm_jax.paths import PathLike, as_path, move
 from staged_vlm_jax.rl.learner import Learner
 
 
@@ -81,7 +81,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        directory: str | Path,
+        directory: PathLike,
         *,
         keep: int,
         stage_end_steps: tuple[int, ...],
@@ -94,7 +94,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=async_save, read_only=read_only
         )
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
         handlers = {"model": ocp.StandardCheckpointHandler(), "optimizer": ocp.StandardCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler()}  # fmt: skip
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -170,7 +170,7 @@ class Checkpointer:
         restored = self._restore(global_step, "optimizer", target, "this stage's trainable parameters")
         learner.state = state.replace(**restored)
 
-    def set_aside(self, global_step: int) -> Path:
+    def set_aside(self, global_step: int) -> epath.Path:
         """Moves checkpoint ``global_step`` out of the manager's directory, files intact, to
         ``<directory>.damaged/<step>`` (a numbered suffix if that exists); returns where it went."""
         target = self.directory.parent / f"{self.directory.name}.damaged" / str(global_step)
@@ -179,8 +179,7 @@ class Checkpointer:
             target = target.with_name(f"{global_step}.{suffix}")
             suffix += 1
         if jax.process_index() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(self.directory / str(global_step), target)
+            move(self.directory / str(global_step), target)
         barrier("checkpoint set aside")
         self.manager.reload()
         return target

@@ -18,9 +18,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -244,7 +244,7 @@ def _with_workdir(value: Any, workdir: str) -> Any:
     return value
 
 
-def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path) -> RunSpec:
+def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | os.PathLike) -> RunSpec:
     """The typed run of ``config`` (``{workdir}`` substituted), with every cross-reference checked."""
     raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     if "prompt_buckets" in raw.get("engine", {}):

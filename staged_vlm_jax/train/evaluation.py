@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 from flax import nnx
 
 from staged_vlm_jax.eval.runner import evaluate
@@ -22,7 +22,7 @@ class HeldOutEvaluation:
     """The run's evaluations so far (``rows``: one dict per evaluation, ``{"after", "stage_index", "global_step",
     set name: scores}``) and the files that show them."""
 
-    def __init__(self, spec: config_lib.RunSpec, workdir: Path, stage_table: list[dict[str, Any]]) -> None:
+    def __init__(self, spec: config_lib.RunSpec, workdir: epath.Path, stage_table: list[dict[str, Any]]) -> None:
         self.spec, self.workdir, self.stage_table = spec, workdir, stage_table
         self.rows: list[dict[str, Any]] = []
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from etils import epath
 from flax import nnx
 
 from staged_vlm_jax import models
+from staged_vlm_jax.paths import PathLike, as_path, staged_output
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import workdir as workdir_lib
 from staged_vlm_jax.train.checkpoint import Checkpointer
@@ -25,10 +25,11 @@ def abstract_model(spec: config_lib.RunSpec) -> nnx.Module:
     return nnx.eval_shape(lambda: models.create(cfg, dtype=spec.model.dtype, seed=spec.seed))
 
 
-def export_hf(checkpoints: str | Path, out: str | Path, step: int | None = None) -> tuple[Path, int]:
+def export_hf(checkpoints: PathLike, out: PathLike, step: int | None = None) -> tuple[epath.Path, int]:
     """Writes the weights of a run's checkpoint (``step``, default the latest) as a Hugging Face directory, with
-    the run's tokenizer. ``checkpoints`` is the run's checkpoints/ directory or its workdir."""
-    checkpoints = Path(checkpoints).absolute()
+    the run's tokenizer. ``checkpoints`` is the run's checkpoints/ directory or its workdir; either and ``out``
+    may be remote (``gs://…``)."""
+    checkpoints = as_path(checkpoints)
     if checkpoints.name != "checkpoints":
         checkpoints = checkpoints / "checkpoints"
     workdir = checkpoints.parent
@@ -41,6 +42,7 @@ def export_hf(checkpoints: str | Path, out: str | Path, step: int | None = None)
     step = steps[-1] if step is None else step
     model = checkpointer.restore_model(step, abstract_model(spec))
     checkpointer.close()
-    path = models.save_hf(model, model_config(spec), out)
-    workdir_lib.tokenizer(spec, workdir).save_pretrained(path)
-    return path, step
+    with staged_output(out) as local:
+        models.save_hf(model, model_config(spec), local)
+        workdir_lib.tokenizer(spec, workdir).save_pretrained(local)
+    return as_path(out), step

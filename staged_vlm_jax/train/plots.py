@@ -6,10 +6,10 @@ Meant for a quick look at a finished or running staged run without starting Tens
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from etils import epath
 from matplotlib.figure import Figure
 
+from staged_vlm_jax.paths import PathLike, as_path
 from staged_vlm_jax.train.metrics import METRICS_FILE, read_metrics
 
 # Output file name -> metric keys drawn on it; a key absent from every row is left out, a plot with none is skipped.
@@ -33,16 +33,16 @@ def stage_spans(rows: list[dict]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def plot_run(workdir: str | Path) -> list[Path]:
+def plot_run(workdir: PathLike) -> list[epath.Path]:
     """Writes `workdir/plots/*.png` from `workdir/metrics.jsonl`; returns the paths written."""
-    path = Path(workdir) / METRICS_FILE
+    path = as_path(workdir) / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no metrics file at {path}")
     rows = read_metrics(path)
     if not rows:
         raise ValueError(f"{path} has no rows to plot")
     spans = stage_spans(rows)
-    out_dir = Path(workdir) / "plots"
+    out_dir = as_path(workdir) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, keys in PLOTS.items():
@@ -65,10 +65,11 @@ def plot_run(workdir: str | Path) -> list[Path]:
             # x in data coordinates, y in axes coordinates: the label sits near the top whatever the y range.
             ax.text(start, 0.98, f" {stage}", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=9)
         ax.set_xlabel("global step")
-        ax.set_title(Path(name).stem)
+        ax.set_title(name.removesuffix(".png"))
         ax.legend(loc="lower right")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
+        with (out_dir / name).open("wb") as file:
+            fig.savefig(file, format="png", dpi=100)
         written.append(out_dir / name)
     return written

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from etils import epath
+
+from staged_vlm_jax.paths import PathLike, as_path
 
 RESULTS_FILE = "results.md"
 
@@ -25,10 +28,10 @@ def accuracy_table(evaluations: list[dict[str, Any]], sets: list[str], key: str 
 
 
 def write_results(
-    workdir: str | Path, evaluations: list[dict[str, Any]], sets: list[str], plan: list[dict[str, Any]]
-) -> Path:
+    workdir: PathLike, evaluations: list[dict[str, Any]], sets: list[str], plan: list[dict[str, Any]]
+) -> epath.Path:
     """Writes ``workdir/results.md``: the stage plan, held-out accuracy, format rate and response length."""
-    lines = ["# Results", "", f"Workdir: `{Path(workdir)}`", "", "## Stages", ""]
+    lines = ["# Results", "", f"Workdir: `{as_path(workdir)}`", "", "## Stages", ""]
     lines += _table(
         ["#", "stage", "kind", "steps", "trainable"],
         [[str(i + 1), p["stage"], p["kind"], str(p["steps"]), ", ".join(f"`{t}`" for t in p["trainable"])]
@@ -39,6 +42,6 @@ def write_results(
         lines += ["", "## Format reward (%)", "", *accuracy_table(evaluations, sets, "format")]
         lengths = [[row["after"], *(f"{row[name]['response_length']:.1f}" for name in sets)] for row in evaluations]
         lines += ["", "## Mean response length (tokens)", "", *_table(["after", *sets], lengths)]
-    path = Path(workdir) / RESULTS_FILE
+    path = as_path(workdir) / RESULTS_FILE
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ from staged_vlm_jax import models
 from staged_vlm_jax.data.images import SETTINGS
 from staged_vlm_jax.data.pipeline import DataSource, PipelineConfig, PromptIterator, prompt_pipeline
 from staged_vlm_jax.models.sharding import make_mesh
+from staged_vlm_jax.paths import PathLike, as_path
 from staged_vlm_jax.rl.learner import Learner
 from staged_vlm_jax.rl.rewards import RewardPool
 from staged_vlm_jax.rl.rollout import RolloutEngine
@@ -78,9 +78,9 @@ class StagedRun:
     evaluations."""
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False
+        self, config: ml_collections.ConfigDict, workdir: PathLike, *, allow_config_change: bool = False
     ) -> None:
-        self.workdir = Path(workdir).absolute()
+        self.workdir = as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.spec = config_lib.resolve(config, self.workdir)
         workdir_lib.check_config(self.workdir, config, allow_config_change)

@@ -8,17 +8,17 @@ tokenizer are written into it once, so a resume (or an export) finds exactly wha
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import jax
 import ml_collections
+from etils import epath
 from transformers import PreTrainedTokenizerFast
 
 from staged_vlm_jax.data.schema import CAPABILITIES
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer
 from staged_vlm_jax.models.sharding import barrier
+from staged_vlm_jax.paths import move
 from staged_vlm_jax.train import config as config_lib
 
 CONFIG_FILE = "config.json"
@@ -28,7 +28,7 @@ class ConfigMismatchError(ValueError):
     """The workdir holds a run of another config; resuming it with this one would silently mix two runs."""
 
 
-def check_config(workdir: Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
+def check_config(workdir: epath.Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
     """Writes config.json (first host), or checks it against the one already there (a resume)."""
     path = workdir / CONFIG_FILE
     current = json.loads(config_lib.canonical(config))
@@ -45,14 +45,14 @@ def check_config(workdir: Path, config: ml_collections.ConfigDict, allow_change:
         path.write_text(config_lib.canonical(config) + "\n")
 
 
-def read_spec(workdir: Path) -> config_lib.RunSpec:
+def read_spec(workdir: epath.Path) -> config_lib.RunSpec:
     """The resolved config of the run in ``workdir`` (its config.json)."""
     if not (workdir / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{workdir / CONFIG_FILE}: not found; --checkpoint must be a run's checkpoints/")
     return config_lib.resolve(json.loads((workdir / CONFIG_FILE).read_text()), workdir)
 
 
-def write_synthetic_data(spec: config_lib.RunSpec, workdir: Path) -> None:
+def write_synthetic_data(spec: config_lib.RunSpec, workdir: epath.Path) -> None:
     """The testbed's train and held-out sets, written once into workdir/data (atomically: a kill mid-write leaves
     no partial data set behind to be mistaken for a complete one)."""
     synthetic = spec.data.synthetic
@@ -63,19 +63,20 @@ def write_synthetic_data(spec: config_lib.RunSpec, workdir: Path) -> None:
     barrier("synthetic data written")  # every process passes here, whoever wrote
 
 
-def _write_synthetic(synthetic: config_lib.SyntheticSpec, workdir: Path) -> None:
+def _write_synthetic(synthetic: config_lib.SyntheticSpec, workdir: epath.Path) -> None:
     out = workdir / "data"
     partial = workdir / "data.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    if partial.exists():
+        partial.rmtree()
     for split, rows, seed in (("train", synthetic.train_rows, synthetic.seed),
                               ("eval", synthetic.eval_rows, synthetic.seed + 1)):  # fmt: skip
         for capability in CAPABILITIES if rows else ():
             write_synthetic(partial / split, capability, rows, seed=seed, image_size=synthetic.image_size,
                             max_difficulty=synthetic.max_difficulty)  # fmt: skip
-    partial.rename(out)
+    move(partial, out)
 
 
-def tokenizer(spec: config_lib.RunSpec, workdir: Path) -> PreTrainedTokenizerFast:
+def tokenizer(spec: config_lib.RunSpec, workdir: epath.Path) -> PreTrainedTokenizerFast:
     """The run's tokenizer: the offline tiny BPE kept in workdir/tokenizer ("tiny"; built there on first use), a
     named directory, or the model's own."""
     model = spec.model

@@ -98,3 +98,26 @@ def test_corrupt_middle_line_names_file_and_line(tmp_path):
         read_metrics(path)
     with pytest.raises(ValueError, match=f"{path}:2"):
         truncate_metrics(path, 3)
+
+
+def test_a_tensorboard_failure_warns_once_and_metrics_go_on(tmp_path, monkeypatch, caplog):
+    """An event filesystem TensorBoard cannot write (gcsfs cannot append) must not stop training or lose rows."""
+    calls = []
+
+    def fail(self, event):
+        calls.append(event)
+        raise OSError("append not supported")
+
+    monkeypatch.setattr("tensorboard.summary.writer.event_file_writer.EventFileWriter.add_event", fail)
+    with MetricsWriter(tmp_path) as writer, caplog.at_level("WARNING"):
+        for step in (1, 2, 3):
+            writer.write({"global_step": step, "loss": 0.5})
+        assert writer.truncate(2) == 2
+        writer.write({"global_step": 3, "loss": 0.25})
+    assert [(row["global_step"], row["loss"]) for row in read_metrics(tmp_path / "metrics.jsonl")] == [
+        (1, 0.5), (2, 0.5), (3, 0.25)
+    ]  # fmt: skip
+    assert len(calls) == 1
+    assert [r.message for r in caplog.records if "TensorBoard" in r.message] == [
+        f"TensorBoard events for {tmp_path} stop here (metrics.jsonl goes on): append not supported"
+    ]

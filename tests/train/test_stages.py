@@ -258,6 +258,54 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(uninterrupted: P
     assert len(read_metrics(workdir / "metrics.jsonl")) == 10  # nothing truncated, nothing retrained
 
 
+@pytest.mark.slow
+def test_a_gs_workdir_trains_resumes_falls_back_and_exports_like_a_local_one(uninterrupted: Path, tmp_path: Path):
+    """``--workdir gs://…`` through the real CLI, on the local stand-in for GCS (tests/fake_gcs.py): killed after a
+    checkpoint, resumed, its latest checkpoint damaged and set aside, exported to ``gs://``. It ends as the local
+    run, and nothing is written outside the fake bucket (a stray `pathlib` write would land in the cwd)."""
+    bucket, cwd = tmp_path / "gcs", tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**_env(), "FAKE_GCS_ROOT": str(bucket),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "fake_gcs_site"), str(REPO)])}  # fmt: skip
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "staged_vlm_jax", *argv], env=env, cwd=cwd,
+                                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    workdir, local = "gs://runs/staged", bucket / "runs" / "staged"
+    train = ["train", "--config", CONFIG, "--workdir", workdir, CACHE]
+    process = subprocess.Popen([sys.executable, "-m", "staged_vlm_jax", *train], env=env, cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    committed = local / "checkpoints" / "4" / "commit_success.txt"  # Orbax's GCS path: no rename, a marker
+    deadline = time.monotonic() + 600
+    while not committed.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = run(*train)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage 1/4 warm_start" not in resumed.stderr
+    _truncate_largest_file(local / "checkpoints" / "10" / "model")
+    fell_back = run(*train)
+    assert fell_back.returncode == 0, fell_back.stderr[-3000:]
+    assert f"{workdir}/checkpoints/10: damaged checkpoint (" in fell_back.stderr
+    assert (local / "checkpoints.damaged" / "10" / "model").is_dir()
+    exported = run("export", "--checkpoint", f"{workdir}/checkpoints", "--out", "gs://runs/exported")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+
+    assert list(cwd.iterdir()) == []
+    for name in ("config.json", "eval.jsonl", "results.md", "plots/reward.png", "data", "tokenizer/tokenizer.json"):
+        assert (local / name).exists(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in (local / "tensorboard").iterdir())
+    assert _deterministic(read_metrics(local / "metrics.jsonl")) == _deterministic(
+        read_metrics(uninterrupted / "metrics.jsonl")
+    )
+    assert (local / "eval.jsonl").read_text() == (uninterrupted / "eval.jsonl").read_text()
+    final = load_file(bucket / "runs" / "exported" / "model.safetensors")
+    reference = _weights(uninterrupted, tmp_path / "local_hf")
+    assert final.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(final[name], reference[name], err_msg=name)
+
+
 def test_config_typo_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
     error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.rollout.nn=4"])
     assert "rollout.nn" in error
