@@ -172,9 +172,11 @@ def tunix_weights(model: Qwen2_5_VL) -> dict[str, Any]:
                                                                                             "down_proj")},
         }  # fmt: skip
 
+    graphdef, stacked = nnx.split(lm.layers)  # our layers are stacked [L, ...]; tunix keeps one module per layer
+    blocks = [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], stacked)) for i in range(t.num_hidden_layers)]
     weights = {
         "embedder": {"input_embedding": jnp.copy(lm.embed_tokens.weight[...])},
-        "layers": {i: layer(block) for i, block in enumerate(lm.layers)},
+        "layers": {i: layer(block) for i, block in enumerate(blocks)},
         "final_norm": {"w": jnp.copy(lm.norm.weight[...])},
     }
     if model.lm_head is not None:

@@ -1,10 +1,12 @@
 """Hugging Face checkpoints <-> NNX models: `load_hf` and `save_hf`.
 
 Parameter paths map to checkpoint names by the family's rename rules (`registry.ModelFamily`); a ``kernel`` is
-the transpose of HF's ``weight`` ([in, out] vs [out, in]), everything else is stored as is. Loading builds an
-abstract model (no memory), reads one tensor at a time from the (possibly multi-file) safetensors and, on a mesh,
-hands each device only its own slice via ``jax.make_array_from_callback``: the host never holds more than one
-tensor and no device ever holds a full copy of a sharded parameter.
+the transpose of HF's ``weight`` ([in, out] vs [out, in]), everything else is stored as is. A stacked layer
+parameter ([L, ...], `layers.stack_layers`) is the L per-layer tensors, the layer index after its stack's path
+(``language_model.layers.mlp...`` <-> ``model.layers.{i}.mlp...``). Loading builds an abstract model (no memory),
+reads one parameter at a time from the (possibly multi-file) safetensors and, on a mesh, hands each device only
+its own slice via ``jax.make_array_from_callback``: the host never holds more than one (stacked) parameter and no
+device ever holds a full copy of a sharded parameter.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from staged_vlm_jax import paths
+from staged_vlm_jax.models.layers import LAYERS_AXIS
 from staged_vlm_jax.models.registry import ModelFamily, get_family
 from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, logical_to_spec, to_host, variable_axes
 
@@ -35,13 +38,28 @@ class CheckpointError(ValueError):
     """A checkpoint directory that does not hold what its config says; the message names file and tensor."""
 
 
-def checkpoint_name(family: ModelFamily, path: tuple) -> tuple[str, bool]:
-    """(checkpoint tensor name, whether it is stored transposed) for one parameter path."""
+def checkpoint_names(family: ModelFamily, path: tuple, variable: nnx.Variable) -> tuple[list[str], bool]:
+    """(the checkpoint tensor names of one parameter, whether they are stored transposed): one name, or one per
+    layer of a stacked parameter."""
     *modules, leaf = (str(p) for p in path)
-    name = ".".join([*modules, "weight" if leaf in ("kernel", "weight") else leaf])
-    for pattern, replacement in family.hf_renames:
-        name = re.sub(pattern, replacement, name)
-    return name, leaf == "kernel"
+    dotted = ".".join([*modules, "weight" if leaf in ("kernel", "weight") else leaf])
+    if variable_axes(variable)[0] == LAYERS_AXIS:
+        stack = next(p for p in family.stacked_layers if dotted.startswith(p + "."))
+        dotted = [f"{stack}.{i}{dotted[len(stack) :]}" for i in range(variable.shape[0])]
+    else:
+        dotted = [dotted]
+    names = []
+    for name in dotted:
+        for pattern, replacement in family.hf_renames:
+            name = re.sub(pattern, replacement, name)
+        names.append(name)
+    return names, leaf == "kernel"
+
+
+def _layer_shape(variable: nnx.Variable) -> tuple[int, ...]:
+    """One checkpoint tensor's share of a parameter: a stacked one's per-layer shape."""
+    stacked = variable_axes(variable)[0] == LAYERS_AXIS
+    return tuple(variable.shape[1:] if stacked else variable.shape)
 
 
 def _hf_shape(family: ModelFamily, cfg, name: str, shape: tuple[int, ...], transposed: bool) -> tuple[int, ...]:
@@ -137,8 +155,8 @@ def _load_local(directory: Path, dtype, mesh: Mesh | None, rules: Mapping[str, M
     flat = nnx.to_flat_state(state)
     files = _tensor_files(family, directory)
 
-    wanted = {path: checkpoint_name(family, path) for path, _ in flat}
-    names = {name for name, _ in wanted.values()}
+    wanted = {path: checkpoint_names(family, path, variable) for path, variable in flat}
+    names = {name for tensor_names, _ in wanted.values() for name in tensor_names}
     missing = sorted(names - set(files))
     unexpected = sorted(set(files) - names - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
     if missing or unexpected:
@@ -152,17 +170,22 @@ def _load_local(directory: Path, dtype, mesh: Mesh | None, rules: Mapping[str, M
         raise CheckpointError(f"{directory}: {'; '.join(problems)} for {family.name} config {cfg}")
 
     handles: dict[Path, object] = {}
-    loaded = []
-    for param_path, variable in flat:
-        name, transposed = wanted[param_path]
+
+    def read(name: str, shape: tuple[int, ...], transposed: bool) -> np.ndarray:
         file, stored = files[name]
         if file not in handles:
             handles[file] = _open(file)
         found = tuple(handles[file].get_slice(stored).get_shape())
-        expected = _hf_shape(family, cfg, name, variable.shape, transposed)
+        expected = _hf_shape(family, cfg, name, shape, transposed)
         if found != expected:
             raise CheckpointError(f"{file}: tensor {stored!r} has shape {found}, expected {expected}")
-        host = _to_ours(handles[file].get_tensor(stored), variable.shape, transposed).astype(dtype)
+        return _to_ours(handles[file].get_tensor(stored), shape, transposed).astype(dtype)
+
+    loaded = []
+    for param_path, variable in flat:
+        tensor_names, transposed = wanted[param_path]
+        tensors = [read(name, _layer_shape(variable), transposed) for name in tensor_names]
+        host = np.stack(tensors) if variable_axes(variable)[0] == LAYERS_AXIS else tensors[0]
         loaded.append((param_path, variable.replace(_place(host, variable, mesh, rules))))
     return nnx.merge(graphdef, nnx.from_flat_state(loaded)), cfg
 
@@ -186,12 +209,15 @@ def save_hf(model: nnx.Module, cfg, out_dir: str | os.PathLike, max_shard_bytes:
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     entries = []
     for param_path, variable in flat:
-        name, transposed = checkpoint_name(family, param_path)
-        entries.append((name, transposed, variable, _hf_shape(family, cfg, name, variable.shape, transposed)))
+        tensor_names, transposed = checkpoint_names(family, param_path, variable)
+        stacked = variable_axes(variable)[0] == LAYERS_AXIS
+        for layer, name in enumerate(tensor_names):
+            hf_shape = _hf_shape(family, cfg, name, _layer_shape(variable), transposed)
+            entries.append((name, transposed, variable, layer if stacked else None, hf_shape))
     shards: list[list] = [[]]
     size = 0
     for entry in entries:
-        nbytes = entry[2][...].nbytes
+        nbytes = entry[2].nbytes // (entry[2].shape[0] if entry[3] is not None else 1)
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
@@ -207,7 +233,11 @@ def save_hf(model: nnx.Module, cfg, out_dir: str | os.PathLike, max_shard_bytes:
     )
     weight_map, total = {}, 0
     for file_name, shard in zip(file_names, shards, strict=True):
-        tensors = {name: _to_hf(to_host(var[...]), shape, tr) for name, tr, var, shape in shard}
+        # Each parameter is gathered once per shard file (a stacked one holds several of the file's tensors).
+        variables = {id(var): var for _, _, var, _, _ in shard}
+        hosts = {key: to_host(var[...]) for key, var in variables.items()}
+        tensors = {name: _to_hf(hosts[id(var)] if layer is None else hosts[id(var)][layer], shape, tr)
+                   for name, tr, var, layer, shape in shard}  # fmt: skip
         total += sum(t.nbytes for t in tensors.values())
         weight_map.update(dict.fromkeys(tensors, file_name))
         if writer:

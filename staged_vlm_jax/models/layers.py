@@ -9,7 +9,9 @@ rows (left padding) stay finite, exactly as HF's eager attention does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Sequence
 
 import flax.struct
 import jax
@@ -20,9 +22,20 @@ from staged_vlm_jax.models.sharding import constrain
 
 LogicalAxes = tuple[str | None, ...]
 
-# KV cache [B, Hkv, S, D] (heads before slots: the layout the attention contraction reads, so a decode step does not
-# transpose the whole cache): batch over data x fsdp, kv heads over tensor.
-CACHE_AXES: LogicalAxes = ("batch", "kv_heads", None, None)
+# KV cache [L, B, Hkv, S, D]: every layer's keys (or values) in one array, the layer axis first so the scan over
+# layers slices it; heads before slots (the layout the attention contraction reads, so a decode step does not
+# transpose the cache); batch over data x fsdp, kv heads over tensor.
+CACHE_AXES: LogicalAxes = ("layers", "batch", "kv_heads", None, None)
+
+# The logical name of the leading axis of stacked (scanned) layer parameters.
+LAYERS_AXIS = "layers"
+
+# Rematerialisation of each scanned layer in the backward pass (`scan_layers`): what the forward keeps.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,  # keep every intermediate: fastest, most memory
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs, recompute the rest
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input: least memory, one more forward
+}
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -183,25 +196,88 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     return out.reshape(b, hkv, g, tq, d).transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Stacked layers
+
+
+def stack_layers(make: Callable[[], nnx.Module], count: int) -> nnx.Module:
+    """One module whose every parameter holds ``count`` layers' values along a new leading ``"layers"`` axis.
+
+    ``make`` builds one layer; it is called ``count`` times in order, so the random init is the one a Python list
+    of layers would get. `scan_layers` runs the stack; `hf_io` reads and writes it as the per-layer tensors.
+    """
+    built = [make() for _ in range(count)]
+    graphdef, first = nnx.split(built[0])
+    states = [first, *(nnx.split(layer)[1] for layer in built[1:])]
+    stacked = jax.tree.map(lambda *values: jnp.stack(values), *states)
+    module = nnx.merge(graphdef, stacked)
+    for _, variable in nnx.iter_graph(module):
+        if isinstance(variable, nnx.Variable):
+            variable.set_metadata("logical_axes", (LAYERS_AXIS, *variable.get_metadata()["logical_axes"]))
+    return module
+
+
+_ACTIVE_REMAT: contextvars.ContextVar[str] = contextvars.ContextVar("remat", default="none")
+
+
+@contextlib.contextmanager
+def remat(policy: str):
+    """The `REMAT_POLICIES` entry `scan_layers` applies while tracing inside this context.
+
+    Rematerialisation is a training choice (``learner.remat``), not part of the architecture: the learner traces
+    its step under it and the same model runs unchanged elsewhere (outside a gradient it changes nothing).
+    """
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; choose one of {sorted(REMAT_POLICIES)}")
+    token = _ACTIVE_REMAT.set(policy)
+    try:
+        yield policy
+    finally:
+        _ACTIVE_REMAT.reset(token)
+
+
+def scan_layers(layers: nnx.Module, body: Callable, carry, xs):
+    """``jax.lax.scan`` of ``body(carry, (layer, x)) -> (carry, y)`` over the stacked ``layers`` (and ``xs``).
+
+    One traced layer whatever the depth, so compile time does not grow with it. Each layer is rematerialised by
+    the active `remat` policy.
+    """
+    graphdef, state = nnx.split(layers)
+
+    def step(carry, scanned):
+        layer_state, x = scanned
+        return body(carry, (nnx.merge(graphdef, layer_state), x))
+
+    policy = REMAT_POLICIES[_ACTIVE_REMAT.get()]
+    if policy is not None:
+        step = jax.checkpoint(step, policy=policy, prevent_cse=False)
+    return jax.lax.scan(step, carry, (state, xs))
+
+
 @flax.struct.dataclass
 class KVCache:
     """Fixed-size key/value cache for incremental decoding.
 
-    keys/values: per layer [B, Hkv, S, D]; ``key_mask`` [B, S] marks slots holding real (non-pad) tokens;
+    keys/values: all layers' [L, B, Hkv, S, D]; ``key_mask`` [B, S] marks slots holding real (non-pad) tokens;
     ``length`` is the number of slots written (shared by the batch: prompts are left-padded to one length);
     ``next_position`` [B] is the rotary position of each row's next token (M-RoPE positions run ahead of the slot
     index after an image, HF's ``rope_deltas``).
     """
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    keys: jax.Array
+    values: jax.Array
     key_mask: jax.Array
     length: jax.Array
     next_position: jax.Array
 
     def repeat(self, n: int) -> KVCache:
         """Each row repeated n times in place (row i -> rows i·n … i·n + n − 1), e.g. for a group of n samples."""
-        return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, self)
+        return self.replace(
+            keys=jnp.repeat(self.keys, n, axis=1),
+            values=jnp.repeat(self.values, n, axis=1),
+            key_mask=jnp.repeat(self.key_mask, n, axis=0),
+            next_position=jnp.repeat(self.next_position, n, axis=0),
+        )
 
 
 class Attention(nnx.Module):
@@ -227,24 +303,29 @@ class Attention(nnx.Module):
         cos: jax.Array,
         sin: jax.Array,
         key_mask: jax.Array,
-        cache_kv: tuple[jax.Array, jax.Array] | None = None,
+        cache_kv: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         start: jax.Array | int = 0,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x [B, T, E]; key_mask [B, S]. Without a cache S = T. With ``cache_kv`` ([B, Hkv, S, D] each), the new
-        keys/values are written at slots [start, start + T) and the queries attend to every written slot up to
-        their own (causal by slot). Returns the output and the (updated) keys/values."""
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """x [B, T, E]; key_mask [B, S]. Without a cache S = T. With ``cache_kv`` (every layer's keys and values
+        [L, B, Hkv, S, D] and this layer's index), the new keys/values are written at this layer's slots
+        [start, start + T), in place, and the queries attend to every written slot up to their own (causal by
+        slot). Returns the output and the updated cache (None without one)."""
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D]
+        cache = None
         if cache_kv is not None:
-            k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (0, 0, start, 0))
-            v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (0, 0, start, 0))
-            k, v = constrain(k, CACHE_AXES), constrain(v, CACHE_AXES)
+            keys, values, layer = cache_kv
+            # Only the T new slots are written (the rest of the cache is untouched), then this layer is read back.
+            at = (layer, 0, 0, start, 0)
+            keys = constrain(jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at), CACHE_AXES)
+            values = constrain(jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), at), CACHE_AXES)
+            k, v, cache = keys[layer], values[layer], (keys, values)
         query_slot = start + jnp.arange(t)
         causal = jnp.arange(k.shape[2])[None, :] <= query_slot[:, None]
         mask = causal[None] & key_mask[:, None, :].astype(bool)
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5)
-        return self.o_proj(out.reshape(b, t, -1)), (k, v)
+        return self.o_proj(out.reshape(b, t, -1)), cache

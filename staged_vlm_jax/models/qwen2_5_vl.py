@@ -31,6 +31,8 @@ from staged_vlm_jax.models.layers import (
     RMSNorm,
     mrope_cos_sin,
     rotary_inv_freq,
+    scan_layers,
+    stack_layers,
 )
 from staged_vlm_jax.models.sharding import constrain
 from staged_vlm_jax.models.vision import VisionTransformer
@@ -339,30 +341,35 @@ class DecoderLayer(nnx.Module):
         )
 
     def __call__(self, x, cos, sin, key_mask, cache_kv=None, start=0):
-        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cache_kv, start)
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cache_kv, start)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class TextModel(nnx.Module):
-    """The Qwen2 decoder: embeddings, layers with M-RoPE, final norm."""
+    """The Qwen2 decoder: embeddings, layers with M-RoPE (stacked and scanned), final norm."""
 
     def __init__(self, cfg: TextConfig, *, dtype, rngs):
         self.cfg = cfg
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.layers = stack_layers(lambda: DecoderLayer(cfg, dtype=dtype, rngs=rngs), cfg.num_hidden_layers)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
     def __call__(self, x, positions, key_mask, cache=None, start=0):
+        """``cache``: None, or every layer's (keys, values) [L, B, Hkv, S, D], written at slots from ``start``.
+        Returns the final-norm hidden states and the updated cache."""
         cfg = self.cfg
         cos, sin = mrope_cos_sin(positions, rotary_inv_freq(cfg.head_dim, cfg.rope_theta), cfg.mrope_section, x.dtype)
-        new_kv = []
+
+        def body(carry, scanned):
+            x, cache = carry
+            layer, index = scanned
+            x, cache = layer(x, cos, sin, key_mask, None if cache is None else (*cache, index), start)
+            return (constrain(x, ACTIVATION_AXES), cache), None
+
         x = constrain(x, ACTIVATION_AXES)
-        for i, layer in enumerate(self.layers):
-            x, kv = layer(x, cos, sin, key_mask, None if cache is None else cache[i], start)
-            x = constrain(x, ACTIVATION_AXES)
-            new_kv.append(kv)
-        return self.norm(x), new_kv
+        (x, cache), _ = scan_layers(self.layers, body, (x, cache), jnp.arange(cfg.num_hidden_layers))
+        return self.norm(x), cache
 
 
 class Qwen2_5_VL(nnx.Module):
@@ -441,11 +448,12 @@ class Qwen2_5_VL(nnx.Module):
         """Logits [B, T, vocab] for left- or right-padded ``input_ids`` (pad positions hold garbage)."""
         return self.logits(self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw))
 
-    def init_cache(self, batch: int, size: int, dtype=None) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    def init_cache(self, batch: int, size: int, dtype=None) -> tuple[jax.Array, jax.Array]:
+        """Zero keys and values for every layer, [L, B, Hkv, size, D] each."""
         t = self.cfg.text
-        shape = (batch, t.num_key_value_heads, size, t.head_dim)
+        shape = (t.num_hidden_layers, batch, t.num_key_value_heads, size, t.head_dim)
         dtype = dtype or self.dtype
-        return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(t.num_hidden_layers))
+        return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
     def prefill(
         self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, *, cache_size: int
@@ -490,10 +498,10 @@ class Qwen2_5_VL(nnx.Module):
         x = self.embed(input_ids, pixel_values, image_grid_thw)
         positions, next_position = self._positions(input_ids, attention_mask, image_grid_thw)
         key_mask = jnp.ones((batch, cache_size), bool).at[:, :length].set(attention_mask.astype(bool))
-        hidden, kv = self.language_model(x, positions, key_mask, self.init_cache(batch, cache_size), 0)
+        hidden, (keys, values) = self.language_model(x, positions, key_mask, self.init_cache(batch, cache_size), 0)
         cache = KVCache(
-            keys=tuple(k for k, _ in kv),
-            values=tuple(v for _, v in kv),
+            keys=keys,
+            values=values,
             key_mask=key_mask,
             length=jnp.asarray(length, jnp.int32),
             next_position=next_position.astype(jnp.int32),
@@ -505,12 +513,12 @@ class Qwen2_5_VL(nnx.Module):
         x = self.language_model.embed_tokens(tokens)
         positions = cache.next_position[:, None] + jnp.arange(steps, dtype=jnp.int32)
         positions = jnp.broadcast_to(positions[None], (3, *tokens.shape))
-        hidden, kv = self.language_model(
-            x, positions, cache.key_mask, list(zip(cache.keys, cache.values, strict=True)), cache.length
+        hidden, (keys, values) = self.language_model(
+            x, positions, cache.key_mask, (cache.keys, cache.values), cache.length
         )
         cache = cache.replace(
-            keys=tuple(k for k, _ in kv),
-            values=tuple(v for _, v in kv),
+            keys=keys,
+            values=values,
             length=cache.length + steps,
             next_position=cache.next_position + steps,
         )

@@ -23,6 +23,8 @@ class ModelFamily:
     ``hf_aliases``: (checkpoint prefix, canonical prefix) pairs for alternative namings of the same tensors
     (transformers 5 in-memory names vs the hub layout); canonical names are what `save_hf` writes.
     ``hf_shapes``: checkpoint shapes that differ from the default (e.g. a Conv3d kernel stored 5-D).
+    ``stacked_layers``: paths of the stacked (scanned) layer modules; the checkpoint stores layer ``i`` of one
+    under ``path.i``.
     """
 
     name: str
@@ -32,6 +34,7 @@ class ModelFamily:
     hf_renames: tuple[tuple[str, str], ...]
     hf_aliases: tuple[tuple[str, str], ...] = ()
     hf_shapes: Callable[[Any], dict[str, tuple[int, ...]]] = lambda cfg: {}
+    stacked_layers: tuple[str, ...] = ()
 
 
 def _qwen2_5_vl_shapes(cfg: qwen2_5_vl.Qwen2_5_VLConfig) -> dict[str, tuple[int, ...]]:
@@ -61,6 +64,7 @@ FAMILIES: dict[str, ModelFamily] = {
         ),
         hf_aliases=(("model.language_model.", "model."), ("model.visual.", "visual.")),
         hf_shapes=_qwen2_5_vl_shapes,
+        stacked_layers=("language_model.layers", "visual.blocks"),
     ),
 }
 

@@ -27,6 +27,7 @@ MeshAxes = str | tuple[str, ...] | None
 # (heads, MLP hidden, vocab); activations' batch runs over data x fsdp.
 DEFAULT_RULES: dict[str, MeshAxes] = {
     "batch": ("data", "fsdp"),
+    "layers": None,  # the stacked-layer axis: every device holds its share of every layer
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",

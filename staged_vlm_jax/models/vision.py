@@ -21,6 +21,8 @@ from staged_vlm_jax.models.layers import (
     apply_rotary,
     dot_product_attention,
     rotary_inv_freq,
+    scan_layers,
+    stack_layers,
 )
 
 
@@ -199,18 +201,11 @@ class VisionTransformer(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        self.blocks = nnx.List(
-            [
-                VisionBlock(
-                    cfg.hidden_size,
-                    cfg.num_heads,
-                    cfg.intermediate_size,
-                    act=cfg.hidden_act,
-                    dtype=dtype,
-                    rngs=rngs,
-                )
-                for _ in range(cfg.depth)
-            ]
+        self.blocks = stack_layers(
+            lambda: VisionBlock(
+                cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, act=cfg.hidden_act, dtype=dtype, rngs=rngs
+            ),
+            cfg.depth,
         )
         self.merger = PatchMerger(cfg.hidden_size, cfg.out_hidden_size, cfg.spatial_merge_size, dtype=dtype, rngs=rngs)
 
@@ -236,10 +231,16 @@ class VisionTransformer(nnx.Module):
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb), jnp.sin(emb)
         window_block = (cfg.window_size // cfg.patch_size) ** 2  # patches in one full window
-        for i, block in enumerate(self.blocks):
-            if i in cfg.fullatt_block_indexes:
-                x = block(x, cos, sin, layout.frame_segment, None)
-            else:
-                x = block(x, cos, sin, layout.window_segment, window_block)
+
+        def body(x, scanned):
+            # Full-attention blocks (per frame) and windowed ones differ in their attention program: one scanned
+            # body selects it per block (lax.cond on a scanned flag, so one trace of each whatever the depth).
+            block, full = scanned
+            frame = lambda x: block(x, cos, sin, layout.frame_segment, None)
+            window = lambda x: block(x, cos, sin, layout.window_segment, window_block)
+            return jax.lax.cond(full, frame, window, x), None
+
+        full = jnp.asarray([i in cfg.fullatt_block_indexes for i in range(cfg.depth)])
+        x, _ = scan_layers(self.blocks, body, x, full)
         merged = self.merger(x)
         return merged[jnp.argsort(layout.window_index)]

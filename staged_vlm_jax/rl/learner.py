@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from staged_vlm_jax.models.layers import REMAT_POLICIES, remat
 from staged_vlm_jax.models.sharding import (
     DEFAULT_RULES,
     MeshAxes,
@@ -68,6 +69,11 @@ class LearnerConfig:
     # compensated, EasyR1's adamw_bf16), "fp32_master" (fp32 master weights) or "plain" (AdamW applied to the bf16
     # weights directly: at lr 1e-6 most updates round away). fp32 weights get plain AdamW, bit-identical, with any.
     optimizer_precision: str = "kahan"
+    # What each scanned layer keeps for the backward pass, a `layers.REMAT_POLICIES` name: "none" (everything),
+    # "dots" (matmul outputs; recompute the rest) or "full" (only the layer input: least memory, one extra forward).
+    remat: str = "none"
+    # Response positions whose float32 logits [rows, chunk, vocab] exist at once (`token_log_probs`); exact.
+    logits_chunk: int = 128
 
 
 @flax.struct.dataclass
@@ -135,10 +141,42 @@ def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
     )
 
 
-def response_log_probs(model: nnx.Module, batch: TrainBatch, temperature: float) -> tuple[jax.Array, jax.Array]:
+def token_log_probs(
+    model: nnx.Module, hidden: jax.Array, targets: jax.Array, temperature: float, chunk: int
+) -> tuple[jax.Array, jax.Array]:
+    """log_softmax(logits / T) of ``targets`` [R, L] and the entropy at each position, from final hidden states
+    [R, L, E], ``chunk`` positions at a time.
+
+    The float32 logits of a chunk ([R, chunk, vocab]) are the largest thing that exists at once, in the forward
+    and, as each chunk is rematerialised, in the backward pass too: [R, L, vocab] never does (20 GB at 64 rows x
+    512 tokens of a 152k vocabulary). Exact: every position's numbers are those of the unchunked computation.
+    """
+
+    def stats(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = model.logits(h).astype(jnp.float32) / temperature
+        picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), t[..., None], axis=-1)[..., 0]
+        return picked, losses.entropy_from_logits(logits)
+
+    rows, length = targets.shape
+    if length <= chunk:
+        return stats(hidden, targets)
+    count = -(-length // chunk)
+    pad = count * chunk - length
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    chunks = lambda x: jnp.moveaxis(x.reshape(rows, count, chunk, *x.shape[2:]), 1, 0)  # [count, R, chunk, ...]
+    picked, entropy = jax.lax.map(lambda c: jax.checkpoint(stats)(*c), (chunks(hidden), chunks(targets)))
+    unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, count * chunk)[:, :length]
+    return unchunk(picked), unchunk(entropy)
+
+
+def response_log_probs(
+    model: nnx.Module, batch: TrainBatch, temperature: float, chunk: int = 128
+) -> tuple[jax.Array, jax.Array]:
     """log_softmax(logits / T) of each response token and the per-token entropy, both [R, L].
 
-    The logits at position P − 1 + t predict response token t; only those L positions go through the LM head.
+    The logits at position P − 1 + t predict response token t; only those L positions go through the LM head,
+    ``chunk`` positions at a time (`token_log_probs`).
     """
     length = batch.response_mask.shape[1]
     if batch.group_size > 1:
@@ -150,11 +188,7 @@ def response_log_probs(model: nnx.Module, batch: TrainBatch, temperature: float)
     else:
         hidden = model.hidden_states(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw)
         hidden = hidden[:, -length - 1 : -1]
-    logits = model.logits(hidden).astype(jnp.float32) / temperature
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    targets = batch.input_ids[:, -length:]
-    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    return token_log_probs, losses.entropy_from_logits(logits)
+    return token_log_probs(model, hidden, batch.input_ids[:, -length:], temperature, chunk)
 
 
 def batch_split_error(cfg: LearnerConfig, rows: int, group_size: int = 1) -> str | None:
@@ -209,6 +243,10 @@ class Learner:
             raise ValueError(f"learner.trainable {config.trainable} matches no parameter")
         if config.objective not in OBJECTIVES:
             raise ValueError(f"learner.objective {config.objective!r} is not one of {sorted(OBJECTIVES)}")
+        if config.logits_chunk < 1:
+            raise ValueError(f"learner.logits_chunk must be a positive number of positions, got {config.logits_chunk}")
+        if config.remat not in REMAT_POLICIES:
+            raise ValueError(f"learner.remat {config.remat!r} is not one of {sorted(REMAT_POLICIES)}")
         self.objective = OBJECTIVES[config.objective]
         self.tx = make_optimizer(config)
         self.learning_rate = learning_rate_schedule(config)
@@ -266,7 +304,8 @@ class Learner:
         error = batch_split_error(self.config, batch.input_ids.shape[0], batch.group_size)
         if error:
             raise ValueError(error)
-        with axis_rules(self.rules):  # the model's activation constraints follow this learner's rules
+        # The model's activation constraints and layer rematerialisation follow this learner's config.
+        with axis_rules(self.rules), remat(self.config.remat):
             self.state, metrics = self._step(self.state, self.place_batch(batch))
         return to_host(metrics)
 
@@ -278,7 +317,8 @@ class Learner:
         rows = batch.input_ids.shape[0]
         model_batch = batch.replace(old_log_probs=None)
         chunks = _split_rows(model_batch, rows // micro)
-        fn = lambda b: response_log_probs(nnx.merge(self.graphdef, params, frozen), b, self.config.temperature)[0]
+        cfg, model = self.config, nnx.merge(self.graphdef, params, frozen)
+        fn = lambda b: response_log_probs(model, b, cfg.temperature, cfg.logits_chunk)[0]
         return jax.lax.stop_gradient(jax.lax.map(fn, chunks).reshape(rows, -1))
 
     def _train_step(self, state: TrainState, batch: TrainBatch):
@@ -313,7 +353,8 @@ class Learner:
             mb, ref = chunk
 
             def loss_fn(p):
-                log_probs, entropy = response_log_probs(nnx.merge(self.graphdef, p, frozen), mb, cfg.temperature)
+                model = nnx.merge(self.graphdef, p, frozen)
+                log_probs, entropy = response_log_probs(model, mb, cfg.temperature, cfg.logits_chunk)
                 old = jnp.where(own_old, jax.lax.stop_gradient(log_probs), mb.old_log_probs)
                 loss, terms, sums = self.objective(cfg, log_probs, old, ref, mb, units)
                 tokens = jnp.sum(mb.response_mask)

@@ -58,9 +58,10 @@ def test_sharded_load_and_forward_match_single_device(checkpoint):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     single, _ = models.load_hf(path)
     sharded, _ = models.load_hf(path, mesh=mesh)
-    kernel = sharded.language_model.layers[0].mlp.gate_proj.kernel[...]
-    assert kernel.sharding.spec == P("fsdp", "tensor")
-    assert {s.data.shape for s in kernel.addressable_shards} == {(32, 64)}  # each device holds a quarter
+    kernel = sharded.language_model.layers.mlp.gate_proj.kernel[...]  # stacked: [layers, embed, mlp]
+    assert kernel.sharding.spec == P(None, "fsdp", "tensor")
+    layers = cfg.text.num_hidden_layers
+    assert {s.data.shape for s in kernel.addressable_shards} == {(layers, 32, 64)}  # a quarter of every layer
     ids, mask, pixels, grids = _batch(cfg, 4)
     expected = np.asarray(single(ids, mask, pixels, grids))
     ids_s, mask_s = shard_batch(mesh, ids, mask)

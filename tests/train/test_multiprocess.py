@@ -3,9 +3,12 @@ tiny staged config, are SIGKILLed after a checkpoint, resume, and end as one pro
 
 Every host runs the same host logic on the same global batch (prompts, sampled tokens, rewards, advantages, metrics,
 evaluation) and fills only its own devices' shards, so everything decided on the host is equal to the one-process
-run. Device-side floats agree up to the summation order of cross-process reductions: on an untrained model whose
-rewards are all equal the GRPO gradients are pure rounding noise (advantages 0), which Adam's normalisation turns
-into lr-sized steps, so weights and losses are compared to tolerances that such steps stay within.
+run. Device-side floats agree up to the summation order of cross-process reductions. On the untrained model every
+reward is equal, so the GRPO advantages are 0; the KL term is turned off here (``learner.kl_coef=0``) so that
+the GRPO updates are exactly zero too. Otherwise its gradient, rounding noise at a stage's start, becomes
+lr-sized steps under Adam's normalisation, different in each layout, and sooner or later one sampled token
+differs and with it a host-decided metric. Weights and losses are compared to tolerances for the warm start's
+summation-order differences.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ CONFIG = str(Path(__file__).with_name("tiny_run.py"))
 REPO = Path(__file__).parents[2]
 # 8 prompts per step: the batch splits over 8 devices (the tiny run's 4 would not).
 BATCH = [f"--config.stages.{stage}.batch_size=8"
-         for stage in ("warm_start", "perception", "text_reasoning", "visual_reasoning")]  # fmt: skip
+         for stage in ("warm_start", "perception", "text_reasoning", "visual_reasoning")] + [
+    "--config.learner.kl_coef=0.0"]  # fmt: skip
 HOST_DECIDED = ("reward/", "response_length/", "stage", "global_step", "data/", "lr", "skipped_updates")
 
 
