@@ -131,6 +131,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    from staged_vlm_jax.train.plan import DEVICE_KINDS
+
+    parser.add_argument("--config", required=True, help="config file (configs/*.py[:argument])")
+    parser.add_argument("--topology", default=None, help=f"size the programs for KIND:DEVICES, KIND one of "
+                        f"{', '.join(DEVICE_KINDS)} (e.g. h100-80gb:8, tpu-v5p:64)")  # fmt: skip
+    parser.add_argument("--headroom", type=float, default=0.9, help="share of device memory programs may use")
+    parser.epilog = "Config values are overridden with ml-collections flags, e.g. --config.rollout.n=8."
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Prints the stage table and, with --topology, each program's per-device memory and FLOPs, compiled ahead of
+    time for shapes only: reads the model's config.json and counts data rows; no weights, no images. Exit status 1
+    when the programs do not fit."""
+    from staged_vlm_jax.train import plan
+
+    target = plan.topology(args.topology) if args.topology else None
+    if target is not None:
+        plan.use_host_devices(target.devices)
+    lines = plan.plan_lines(load_config(args.config, args.overrides), target, args.headroom)
+    print("\n".join(lines))
+    return 1 if lines[-1].startswith("plan: does not fit") else 0
+
+
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a run's checkpoints/ directory (or its workdir)")
     parser.add_argument("--step", type=int, default=None, help="global step to export (default: the latest)")
@@ -160,6 +184,11 @@ def _plot(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("run or resume a config's stages in a workdir", _train_arguments, _train),
     "export": ("write a Hugging Face directory from a run's checkpoint", _export_arguments, _export),
+    "plan": (
+        "stage table; with --topology, per-device memory and FLOPs of every program, compiled ahead of time",
+        _plan_arguments,
+        _plan,
+    ),
     "plot": ("plot reward, accuracy and response length per step into <workdir>/plots", _plot_arguments, _plot),
     "inspect": (
         "load a Hugging Face checkpoint and print its config and parameter counts",
@@ -180,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "plan"):
         args.overrides = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

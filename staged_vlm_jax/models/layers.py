@@ -172,18 +172,50 @@ def mrope_cos_sin(
 # Attention
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-    """Grouped-query attention with a boolean mask.
+# Queries per block of `dot_product_attention` when its mask is given as a function: the [B, H, block, Tk] scores of
+# one block are the most that exists at once (and, rematerialised, in the backward pass too).
+QUERY_BLOCK = 512
+
+Mask = jax.Array | Callable[[jax.Array], jax.Array]
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, scale: float) -> jax.Array:
+    """Grouped-query attention with a boolean mask, in blocks of queries for long sequences.
 
     q [B, Tq, H, D], k/v [B, Hkv, Tk, D] (the KV-cache layout) with H a multiple of Hkv (query head h reads kv
-    head h // (H/Hkv), as HF's ``repeat_kv``), mask [B, Tq, Tk] (True = attend). Softmax runs in float32. One place
-    for the attention kernel, so a fused implementation (cuDNN, splash) can replace it without touching the models.
+    head h // (H/Hkv), as HF's ``repeat_kv``). ``mask`` is [B, Tq, Tk] (True = attend), or a function of query
+    indices [q] giving their rows of it, [B, q, Tk]: then queries beyond `QUERY_BLOCK` are attended a block at a
+    time (``lax.map``, each block rematerialised in the backward pass), so neither the [Tq, Tk] scores nor the
+    mask ever exist whole: memory linear in Tq for a given Tk, the numbers those of one dense pass. Softmax runs
+    in float32. One place for the attention kernel, so a fused implementation (cuDNN, splash) can replace it
+    without touching the models.
 
     The G = H/Hkv query heads of a KV head are stacked along the query axis ([B, Hkv, G·Tq, D]), so both
     contractions are plain batched matmuls over (B, Hkv). Keeping G as a dimension of its own made XLA:CPU
     rearrange the operands around a two-free-dimension dot: 4× slower for a decode step, 1.4× for a training
     forward and backward.
     """
+    tq = q.shape[1]
+    if not callable(mask):
+        return _attend(q, k, v, mask, scale)
+    if tq <= QUERY_BLOCK:
+        return _attend(q, k, v, mask(jnp.arange(tq)), scale)
+    blocks = -(-tq // QUERY_BLOCK)
+    padded = jnp.pad(q, ((0, 0), (0, blocks * QUERY_BLOCK - tq), (0, 0), (0, 0)))
+    q_blocks = jnp.moveaxis(padded.reshape(q.shape[0], blocks, QUERY_BLOCK, *q.shape[2:]), 1, 0)
+    rows = jnp.minimum(jnp.arange(blocks * QUERY_BLOCK).reshape(blocks, QUERY_BLOCK), tq - 1)  # padding: any row
+
+    @jax.checkpoint
+    def block(args):
+        q_block, block_rows = args
+        return _attend(q_block, k, v, mask(block_rows), scale)
+
+    out = jax.lax.map(block, (q_blocks, rows))
+    return jnp.moveaxis(out, 0, 1).reshape(q.shape[0], blocks * QUERY_BLOCK, *q.shape[2:])[:, :tq]
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """`dot_product_attention` of all queries at once, with the mask as an array."""
     b, tq, h, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     g = h // hkv
@@ -324,8 +356,10 @@ class Attention(nnx.Module):
             keys = constrain(jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at), CACHE_AXES)
             values = constrain(jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), at), CACHE_AXES)
             k, v, cache = keys[layer], values[layer], (keys, values)
-        query_slot = start + jnp.arange(t)
-        causal = jnp.arange(k.shape[2])[None, :] <= query_slot[:, None]
-        mask = causal[None] & key_mask[:, None, :].astype(bool)
+        key_slots, valid = jnp.arange(k.shape[2]), key_mask.astype(bool)
+
+        def mask(queries: jax.Array) -> jax.Array:  # causal by slot, padding keys masked; [B, q, S]
+            return (key_slots[None, :] <= (start + queries)[:, None])[None] & valid[:, None, :]
+
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5)
         return self.o_proj(out.reshape(b, t, -1)), cache

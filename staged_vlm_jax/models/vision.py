@@ -150,9 +150,9 @@ class VisionAttention(nnx.Module):
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
         scale = self.head_dim**-0.5
         if window_block is None:
-            mask = segment[:, None] == segment[None, :]
+            mask = lambda queries: (segment[queries][:, None] == segment[None, :])[None]  # same frame; [1, q, N]
             k, v = k.transpose(1, 0, 2)[None], v.transpose(1, 0, 2)[None]  # [1, H, N, D]
-            out = dot_product_attention(q[None], k, v, mask[None], scale)[0]
+            out = dot_product_attention(q[None], k, v, mask, scale)[0]
         else:
             out = local_segment_attention(q, k, v, segment, window_block, scale)
         return self.proj(out.reshape(n, -1))

@@ -166,6 +166,7 @@ class GRPOTrainer:
         metrics["kl"] = metrics.pop("kl_token_mean")
         metrics["time/rollout_s"], metrics["time/reward_s"] = timing["rollout_s"], timing["reward_s"]
         metrics["time/train_s"] = train_s
+        metrics["rollout/chunks"] = float(self.engine.last_chunks)  # programs per rollout call (KV-cache bound)
         metrics["tokens/s"] = float(every.lengths.sum()) / max(time.perf_counter() - start, 1e-9)
         return metrics
 

@@ -226,8 +226,19 @@ def _split_rows(tree, *leading: int):
     return jax.tree.map(lambda x: x.reshape(*leading, -1, *x.shape[1:]), tree)
 
 
+def _abstract(tree, shardings):
+    """``tree``'s leaves as shape/dtype structs placed by ``shardings`` (one per leaf, in order)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                              for x, s in zip(leaves, jax.tree.leaves(shardings), strict=True)])  # fmt: skip
+
+
 class Learner:
-    """Owns the model's graph, the optimizer and the compiled train step for one stage."""
+    """Owns the model's graph, the optimizer and the compiled train step for one stage.
+
+    Given an abstract model (``nnx.eval_shape``) and a mesh, the state is shapes and shardings only: nothing is
+    allocated, and `lower` gives the step's program for ahead-of-time compilation (`staged-vlm plan`).
+    """
 
     def __init__(
         self,
@@ -251,7 +262,15 @@ class Learner:
         self.tx = make_optimizer(config)
         self.learning_rate = learning_rate_schedule(config)
         scalar = jnp.zeros((), jnp.int32)
-        if mesh is None:
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
+            if mesh is None:
+                raise ValueError("a Learner of an abstract model (shapes only, as `staged-vlm plan` uses) needs a mesh")
+            replicated = NamedSharding(mesh, PartitionSpec())
+            params, frozen = (_abstract(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
+            opt_state = jax.eval_shape(self.tx.init, params)
+            opt_state = _abstract(opt_state, optimizer_state_shardings(opt_state, params, replicated))
+            scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+        elif mesh is None:
             opt_state = self.tx.init(params)
         else:
             params, frozen = (place(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
@@ -259,13 +278,14 @@ class Learner:
             scalar = place(scalar, replicated)
             shardings = optimizer_state_shardings(jax.eval_shape(self.tx.init, params), params, replicated)
             opt_state = jax.jit(self.tx.init, out_shardings=shardings)(params)
+        copy = lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jnp.copy(x)
         self.state = TrainState(
             params=params,
             frozen=frozen,
-            ref_params=jax.tree.map(jnp.copy, params),
+            ref_params=jax.tree.map(copy, params),
             opt_state=opt_state,
             step=scalar,
-            skipped_updates=jnp.copy(scalar),
+            skipped_updates=copy(scalar),
         )
         jit_kwargs = {}
         if mesh is not None:
@@ -277,6 +297,11 @@ class Learner:
             )
         self.num_compilations = 0  # traces of the train step (one per batch shape; more means recompiles)
         self._step = jax.jit(self._train_step, donate_argnums=0, **jit_kwargs)
+
+    def lower(self, batch: TrainBatch) -> jax.stages.Lowered:
+        """The train step's program for ``batch`` (arrays or shape/dtype structs placed by `place_batch`)."""
+        with axis_rules(self.rules), remat(self.config.remat):
+            return self._step.lower(self.state, batch)
 
     def model(self) -> nnx.Module:
         """The current model as an NNX module, e.g. for the rollout engine."""

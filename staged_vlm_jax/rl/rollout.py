@@ -9,6 +9,9 @@ image features cannot drift apart between rollout and training. Per call:
    samples of each group (groups of ``n`` contiguous rows);
 3. a ``lax.while_loop`` decodes one token per step and stops as soon as every row has emitted an EOS token.
 
+A batch whose KV cache would exceed the memory bound is sampled in chunks of prompts (the largest batch bucket
+that fits, one compiled program for all chunks) instead of being refused; ``last_chunks`` says how many.
+
 Log-probs are those of the tempered, untruncated distribution, ``log_softmax(logits / temperature)``, which is
 what the learner recomputes for the same tokens; top-k / top-p and the ban on vision special tokens only shape
 which token is drawn. Response masks include the EOS token (EasyR1/verl convention: EOS is trained).
@@ -28,7 +31,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from staged_vlm_jax.data.batch import PromptBatch, bucket, model_inputs, pad_axis, to_per_row
+from staged_vlm_jax.data.batch import SLOT_BUCKETS, PromptBatch, bucket, model_inputs, pad_axis, to_per_row
 from staged_vlm_jax.models.sharding import (
     DEFAULT_RULES,
     MeshAxes,
@@ -37,6 +40,7 @@ from staged_vlm_jax.models.sharding import (
     batch_shards,
     constrain,
     place,
+    state_shardings,
     to_host,
 )
 
@@ -144,7 +148,8 @@ class RolloutEngine:
     """Holds the bucket/memory configuration, the mesh, and the compiled sampling programs.
 
     ``num_compilations`` counts traces of the sampling program (one per bucket combination and static option
-    set); ``last_trace`` records the shapes the most recent trace saw (prefill batch vs decode batch).
+    set); ``last_trace`` records the shapes the most recent trace saw (prefill batch vs decode batch);
+    ``last_chunks`` how many programs the last `generate` ran to fit its KV cache.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class RolloutEngine:
         self.config, self.mesh, self.rules = config, mesh, rules
         self.num_compilations = 0
         self.last_trace: dict[str, int] = {}
+        self.last_chunks = 0
         self._program = jax.jit(
             self._sample,
             static_argnames=("graphdef", "n", "length", "cache_size", "top_k", "greedy", "eos", "pad", "banned"),
@@ -226,26 +232,49 @@ class RolloutEngine:
 
     # -- host side --------------------------------------------------------------------------------------------------
 
-    def _check_cache_fits(self, model, rows: int, cache_size: int) -> int:
+    def _buckets(self, prompts: int, prompt_length: int, max_new_tokens: int) -> tuple[int, int, int]:
+        """(batch, prompt-length, new-token) buckets of a call."""
+        cfg = self.config
+        return (bucket(prompts, cfg.batch_buckets, batch_shards(self.mesh, self.rules)),
+                bucket(prompt_length, cfg.prompt_buckets), bucket(max_new_tokens, cfg.new_token_buckets))  # fmt: skip
+
+    def cache_bytes(self, model, rows: int, cache_size: int) -> int:
+        """Per-device bytes of the KV cache of ``rows`` sampled rows with ``cache_size`` slots."""
         text = model.cfg.text
         per_device_rows = rows / batch_shards(self.mesh, self.rules)
-        bytes_needed = (
-            int(2 * text.num_hidden_layers * per_device_rows * cache_size * text.num_key_value_heads * text.head_dim)
-            * jnp.dtype(model.dtype).itemsize
-        )
-        limit = self.config.max_cache_bytes
-        if limit is None:
-            stats = jax.local_devices()[0].memory_stats() or {}  # this process's device: all are alike
-            if "bytes_limit" in stats:
-                limit = int(stats["bytes_limit"] * self.config.cache_memory_fraction)
-        if limit is not None and bytes_needed > limit:
+        per_row_slot = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim
+        return int(per_device_rows * cache_size * per_row_slot) * jnp.dtype(model.dtype).itemsize
+
+    def cache_limit(self) -> int | None:
+        """The per-device KV-cache bound: ``max_cache_bytes``, else a fraction of the device's reported memory
+        limit (GPU/TPU), else none (CPU)."""
+        if self.config.max_cache_bytes is not None:
+            return self.config.max_cache_bytes
+        stats = jax.local_devices()[0].memory_stats() or {}  # this process's device: all are alike
+        return int(stats["bytes_limit"] * self.config.cache_memory_fraction) if "bytes_limit" in stats else None
+
+    def prompts_per_call(
+        self, model, prompts: int, prompt_length: int, max_new_tokens: int, n: int, limit: int | None = None
+    ) -> int:
+        """How many of ``prompts`` one sampling program takes: all, or when their KV cache is over ``limit``
+        (default `cache_limit`), the largest batch bucket whose cache fits; raises `CacheTooLargeError` if none
+        does."""
+        rows, prompt_bucket, length = self._buckets(prompts, prompt_length, max_new_tokens)
+        limit = self.cache_limit() if limit is None else limit
+        fits = lambda batch: limit is None or self.cache_bytes(model, batch * n, prompt_bucket + length) <= limit
+        if fits(rows):
+            return prompts
+        shards = batch_shards(self.mesh, self.rules)
+        fitting = [b for b in self.config.batch_buckets if b % shards == 0 and b < prompts and fits(b)]
+        if not fitting:
+            smallest = bucket(1, self.config.batch_buckets, shards)
             raise CacheTooLargeError(
-                f"rollout KV cache needs {bytes_needed / 2**30:.2f} GiB per device for {rows} rows × {cache_size} "
-                f"slots (batch bucket × n, prompt + new-token buckets), over the limit of {limit / 2**30:.2f} GiB "
-                "(rollout.max_cache_bytes); use fewer prompts per rollout call, a smaller n or max_new_tokens, or "
-                "more data/fsdp devices"
+                f"rollout KV cache needs {self.cache_bytes(model, smallest * n, prompt_bucket + length) / 2**30:.2f} "
+                f"GiB per device even for {smallest} prompts × n {n} × {prompt_bucket + length} slots (prompt + "
+                f"new-token buckets), over the limit of {limit / 2**30:.2f} GiB (engine.max_cache_bytes); use a "
+                "smaller n or max_new_tokens, or more data/fsdp devices"
             )
-        return bytes_needed
+        return max(fitting)
 
     def generate(
         self,
@@ -268,16 +297,20 @@ class RolloutEngine:
         """Samples ``n`` completions per left-padded prompt; see the module docstring."""
         input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
         batch, prompt_len = input_ids.shape
+        chunk = self.prompts_per_call(model, batch, prompt_len, max_new_tokens, n)
+        if chunk < batch:
+            return self._generate_in_chunks(model, input_ids, attention_mask, pixel_values, image_grid_thw, chunk,
+                                            max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
+                                            top_k=top_k, greedy=greedy, eos_token_ids=eos_token_ids,
+                                            pad_token_id=pad_token_id, rng=rng)  # fmt: skip
+        self.last_chunks = 1
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature}")
         if not eos_token_ids:
             raise ValueError("eos_token_ids must name at least one token")
         cfg = self.config
-        rows_bucket = bucket(batch, cfg.batch_buckets, batch_shards(self.mesh, self.rules))
-        prompt_bucket = bucket(prompt_len, cfg.prompt_buckets)
-        length = bucket(max_new_tokens, cfg.new_token_buckets)
+        rows_bucket, prompt_bucket, length = self._buckets(batch, prompt_len, max_new_tokens)
         cache_size = prompt_bucket + length
-        self._check_cache_fits(model, rows_bucket * n, cache_size)
 
         # Prompts left-padded to the prompt bucket, then padding rows (all pad, no attention) up to the batch bucket.
         pad = lambda x, value: pad_axis(pad_axis(x.astype(np.int32), 1, prompt_bucket, left=True, value=value), 0,
@@ -316,6 +349,59 @@ class RolloutEngine:
         if jax.process_count() > 1:  # every process continues with the whole batch's results (host numpy)
             out = to_host(out)
         return jax.tree.map(lambda x: x[: batch * n, :max_new_tokens] if x.ndim == 2 else x[: batch * n], out)
+
+    def _generate_in_chunks(self, model, input_ids, attention_mask, pixel_values, image_grid_thw, chunk: int, *,
+                            rng: jax.Array, **kwargs) -> RolloutOutput:  # fmt: skip
+        """`generate` over consecutive chunks of ``chunk`` prompts (chunk i samples with ``fold_in(rng, i)``)."""
+        batch = input_ids.shape[0]
+        if pixel_values is not None and np.ndim(pixel_values) == 2:  # packed images: split them per row first
+            pixel_values, image_grid_thw = to_per_row(
+                input_ids, np.asarray(pixel_values), np.asarray(image_grid_thw), batch,
+                image_token_id=model.cfg.image_token_id, merge_size=model.cfg.vision.spatial_merge_size,
+                patch_buckets=self.config.patch_buckets,
+            )  # fmt: skip
+        rows = lambda x, start: None if x is None else x[start : start + chunk]
+        outputs = [
+            self.generate(model, rows(input_ids, start), rows(attention_mask, start),
+                          pixel_values=rows(pixel_values, start), image_grid_thw=rows(image_grid_thw, start),
+                          rng=jax.random.fold_in(rng, index), **kwargs)
+            for index, start in enumerate(range(0, batch, chunk))
+        ]  # fmt: skip
+        self.last_chunks = len(outputs)
+        return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
+
+    def lower(
+        self, model, *, prompts: int, prompt_length: int, max_new_tokens: int, n: int, patches: int, images: int,
+        limit: int | None = None,
+    ) -> tuple[jax.stages.Lowered, int]:  # fmt: skip
+        """The sampling program a `generate` call of ``prompts`` prompts of ``prompt_length`` tokens with
+        ``images`` images of ``patches`` patches in all per row would run, for ahead-of-time compilation, and how
+        many chunks of prompts the call would take under ``limit``. ``model`` may be abstract (``nnx.eval_shape``).
+        """
+        chunk = self.prompts_per_call(model, prompts, prompt_length, max_new_tokens, n, limit)
+        rows, prompt_bucket, length = self._buckets(chunk, prompt_length, max_new_tokens)
+        vision = model.cfg.vision
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        struct = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=(
+            None if self.mesh is None else batch_sharding(self.mesh, len(shape), self.rules)))  # fmt: skip
+        slots = bucket(images, SLOT_BUCKETS)
+        pixel_values = struct((rows, bucket(patches, self.config.patch_buckets), patch_dim), jnp.float32)
+        graphdef, state = nnx.split(model)
+        if self.mesh is not None:
+            leaves, treedef = jax.tree.flatten(state)
+            shardings = jax.tree.leaves(state_shardings(state, self.mesh, self.rules))
+            state = treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+                                       for x, sharding in zip(leaves, shardings, strict=True)])  # fmt: skip
+        scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
+        with self._mesh_context(), axis_rules(self.rules):
+            lowered = self._program.lower(
+                state, struct((rows, prompt_bucket), jnp.int32), struct((rows, prompt_bucket), jnp.int32),
+                pixel_values if images else None, struct((rows, slots, 3), jnp.int32) if images else None,
+                jax.eval_shape(lambda: jax.random.key(0)), scalar(jnp.int32), scalar(jnp.float32),
+                scalar(jnp.float32), graphdef=graphdef, n=n, length=length, cache_size=prompt_bucket + length,
+                top_k=0, greedy=False, eos=(0,), pad=0, banned=model.cfg.special_token_ids,
+            )  # fmt: skip
+        return lowered, -(-prompts // chunk)
 
     def model_inputs(self, cfg, prompts: PromptBatch, pad_token_id: int):
         """`batch.model_inputs` of ``prompts`` for a model of config ``cfg``, in this engine's buckets: what the

@@ -55,9 +55,9 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
     c.rollout = dict(n=5, max_new_tokens=2048, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
     # optimizer_precision "kahan": with bf16 weights a 1e-6 AdamW step would otherwise round away (EasyR1's adamw_bf16).
     c.learner = dict(learning_rate=1e-6, weight_decay=1e-2, max_grad_norm=1.0, num_minibatches=4,
-                     micro_batch_size=320, loss_type="grpo", loss_agg="token-mean", clip_low=0.2, clip_high=0.3,
+                     micro_batch_size=40, loss_type="grpo", loss_agg="token-mean", clip_low=0.2, clip_high=0.3,
                      clip_dual=3.0, kl_coef=1e-2, kl_kind="k3", warmup_steps=0,
-                     optimizer_precision="kahan")  # fmt: skip
+                     optimizer_precision="kahan", remat="full", logits_chunk=128)  # fmt: skip
     c.reward = dict(name="math", num_workers=16, timeout_s=5.0)
     c.stages = dict(
         perception=stage({"perception": 1}, 512, 16, ALL_PARAMETERS),
@@ -107,7 +107,7 @@ def demo() -> ConfigDict:
     c.data.worker_threads = 0
     c.engine = dict(new_token_buckets=(16,), batch_buckets=(8, 16, 32, 64))
     c.rollout = dict(n=8, max_new_tokens=16, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
-    c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2)
+    c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2, remat="none")
     c.reward = dict(name="math", num_workers=1, timeout_s=5.0)
     c.stages = dict(
         warm_start=stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 3, ALL_PARAMETERS,

@@ -146,12 +146,19 @@ def test_same_greedy_tokens_on_8_device_mesh(setup):
     np.testing.assert_allclose(np.asarray(out.log_probs), np.asarray(single.log_probs), atol=1e-5)
 
 
-def test_cache_over_the_memory_bound_is_refused(setup):
+def test_a_cache_over_the_memory_bound_is_sampled_in_chunks(setup):
+    """2 prompts x n 5 need 400 KiB of KV cache; under a 300 kB bound the engine runs one prompt per program (the
+    same compiled program twice) and greedy tokens are those of one call; under 100 kB not even one fits."""
     model, _, cfg, ids, mask, pixels, grids, _ = setup
-    engine = RolloutEngine(EngineConfig(max_cache_bytes=100_000))
-    with pytest.raises(rollout.CacheTooLargeError, match=r"for 10 rows × 80 slots"):
-        engine.generate(model, ids, mask, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW, n=5,
-                        rng=jax.random.key(0), **_kwargs(cfg))  # fmt: skip
+    args = dict(pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW, n=5, greedy=True, rng=jax.random.key(0))
+    whole = RolloutEngine().generate(model, ids, mask, **args, **_kwargs(cfg))
+    engine = RolloutEngine(EngineConfig(max_cache_bytes=300_000))
+    chunked = engine.generate(model, ids, mask, **args, **_kwargs(cfg))
+    assert engine.last_chunks == 2 and engine.num_compilations == 1
+    for got, expected in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
+    with pytest.raises(rollout.CacheTooLargeError, match=r"even for 1 prompts × n 5 × 80 slots"):
+        RolloutEngine(EngineConfig(max_cache_bytes=100_000)).generate(model, ids, mask, **args, **_kwargs(cfg))
 
 
 def test_every_row_stops_at_eos():
