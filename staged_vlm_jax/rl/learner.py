@@ -14,6 +14,7 @@ A non-finite loss or gradient skips the update (parameters and optimizer state u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -300,8 +301,18 @@ class Learner:
 
     def lower(self, batch: TrainBatch) -> jax.stages.Lowered:
         """The train step's program for ``batch`` (arrays or shape/dtype structs placed by `place_batch`)."""
-        with axis_rules(self.rules), remat(self.config.remat):
+        with self._tracing():
             return self._step.lower(self.state, batch)
+
+    def _tracing(self) -> contextlib.AbstractContextManager:
+        """The context the step is traced in: this learner's sharding rules, remat policy and mesh (so the model's
+        activation constraints pin rows to the batch axes; without a mesh they are no-ops)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(axis_rules(self.rules))
+        stack.enter_context(remat(self.config.remat))
+        if self.mesh is not None:
+            stack.enter_context(jax.set_mesh(self.mesh))
+        return stack
 
     def model(self) -> nnx.Module:
         """The current model as an NNX module, e.g. for the rollout engine."""
@@ -330,7 +341,7 @@ class Learner:
         if error:
             raise ValueError(error)
         # The model's activation constraints and layer rematerialisation follow this learner's config.
-        with axis_rules(self.rules), remat(self.config.remat):
+        with self._tracing():
             self.state, metrics = self._step(self.state, self.place_batch(batch))
         return to_host(metrics)
 
