@@ -25,6 +25,9 @@ from staged_vlm_jax.models.layers import (
     stack_layers,
 )
 
+# Patches the vision tower encodes at once when given rows of images (see `VisionTransformer.__call__`).
+PATCHES_PER_STEP = 16384
+
 
 @flax.struct.dataclass
 class VisionLayout:
@@ -212,9 +215,12 @@ class VisionTransformer(nnx.Module):
     def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
         """Packed: pixel_values [N, C·T·P·P], grid_thw [I, 3] -> [N / m², out]. Per row: pixel_values [B, N, ·],
         grid_thw [B, I, 3] (unused image slots all-zero) -> [B, N / m², out], each row encoded on its own, so rows
-        shard over the batch axes and micro-batches are plain row slices."""
+        shard over the batch axes and micro-batches are plain row slices. Rows go through the tower
+        `PATCHES_PER_STEP` patches' worth at a time (``lax.map`` in vmapped groups): small images all at once,
+        a 16k-patch image alone, so its attention's memory does not multiply by the batch."""
         if pixel_values.ndim == 3:
-            return jax.vmap(self._encode)(pixel_values, grid_thw)
+            group = max(1, PATCHES_PER_STEP // pixel_values.shape[1])
+            return jax.lax.map(lambda row: self._encode(*row), (pixel_values, grid_thw), batch_size=group)
         return self._encode(pixel_values, grid_thw)
 
     def _encode(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
