@@ -338,10 +338,11 @@ class Attention(nnx.Module):
         cache_kv: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         start: jax.Array | int = 0,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """x [B, T, E]; key_mask [B, S]. Without a cache S = T. With ``cache_kv`` (every layer's keys and values
-        [L, B, Hkv, S, D] and this layer's index), the new keys/values are written at this layer's slots
-        [start, start + T), in place, and the queries attend to every written slot up to their own (causal by
-        slot). Returns the output and the updated cache (None without one)."""
+        """x [B, T, E]; key_mask [B, S]. Without a cache S = T. With ``cache_kv`` = (keys, values, layer), the new
+        keys/values are written at slots [start, start + T) and the queries attend to every written slot up to
+        their own (causal by slot): ``layer`` indexes every layer's [L, B, Hkv, S, D] cache, written in place;
+        ``layer`` None means keys/values are this layer's own [B, Hkv, S, D]. Returns the output and the updated
+        cache (None without one)."""
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -352,10 +353,14 @@ class Attention(nnx.Module):
         if cache_kv is not None:
             keys, values, layer = cache_kv
             # Only the T new slots are written (the rest of the cache is untouched), then this layer is read back.
-            at = (layer, 0, 0, start, 0)
-            keys = constrain(jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at), CACHE_AXES)
-            values = constrain(jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), at), CACHE_AXES)
-            k, v, cache = keys[layer], values[layer], (keys, values)
+            if layer is None:
+                at, new_k, new_v, axes = (0, 0, start, 0), k, v, CACHE_AXES[1:]
+            else:
+                at, new_k, new_v, axes = (layer, 0, 0, start, 0), k[None], v[None], CACHE_AXES
+            keys = constrain(jax.lax.dynamic_update_slice(keys, new_k.astype(keys.dtype), at), axes)
+            values = constrain(jax.lax.dynamic_update_slice(values, new_v.astype(values.dtype), at), axes)
+            k, v = (keys, values) if layer is None else (keys[layer], values[layer])
+            cache = (keys, values)
         key_slots, valid = jnp.arange(k.shape[2]), key_mask.astype(bool)
 
         def mask(queries: jax.Array) -> jax.Array:  # causal by slot, padding keys masked; [B, q, S]

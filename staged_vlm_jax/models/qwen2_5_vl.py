@@ -355,11 +355,26 @@ class TextModel(nnx.Module):
         self.layers = stack_layers(lambda: DecoderLayer(cfg, dtype=dtype, rngs=rngs), cfg.num_hidden_layers)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
-    def __call__(self, x, positions, key_mask, cache=None, start=0):
+    def __call__(self, x, positions, key_mask, cache=None, start=0, in_place=True):
         """``cache``: None, or every layer's (keys, values) [L, B, Hkv, S, D], written at slots from ``start``.
-        Returns the final-norm hidden states and the updated cache."""
+        Returns the final-norm hidden states and the updated cache.
+
+        ``in_place``: the cache rides in the layer scan's carry and each layer writes only its new slots (what a
+        decode step wants: no copy of the cache). Under a gradient the carry would be kept for the backward pass
+        at every layer, L whole caches; with ``in_place=False`` each layer gets and returns its own slice (scan
+        inputs and outputs), which the backward pass keeps once. The learner's shared-prompt pass uses that."""
         cfg = self.cfg
         cos, sin = mrope_cos_sin(positions, rotary_inv_freq(cfg.head_dim, cfg.rope_theta), cfg.mrope_section, x.dtype)
+        x = constrain(x, ACTIVATION_AXES)
+        if cache is not None and not in_place:
+
+            def per_layer(x, scanned):
+                layer, layer_cache = scanned
+                x, layer_cache = layer(x, cos, sin, key_mask, (*layer_cache, None), start)
+                return constrain(x, ACTIVATION_AXES), layer_cache
+
+            x, cache = scan_layers(self.layers, per_layer, x, cache)
+            return self.norm(x), cache
 
         def body(carry, scanned):
             x, cache = carry
@@ -367,7 +382,6 @@ class TextModel(nnx.Module):
             x, cache = layer(x, cos, sin, key_mask, None if cache is None else (*cache, index), start)
             return (constrain(x, ACTIVATION_AXES), cache), None
 
-        x = constrain(x, ACTIVATION_AXES)
         (x, cache), _ = scan_layers(self.layers, body, (x, cache), jnp.arange(cfg.num_hidden_layers))
         return self.norm(x), cache
 
@@ -484,21 +498,23 @@ class Qwen2_5_VL(nnx.Module):
         rows, length = response_ids.shape
         if rows % groups:
             raise ValueError(f"{rows} responses do not form groups of one of {groups} prompts")
-        hidden, cache = self._prefill(prompt_ids, prompt_mask, pixel_values, image_grid_thw, prompt_length + length - 1)
+        hidden, cache = self._prefill(prompt_ids, prompt_mask, pixel_values, image_grid_thw,
+                                      prompt_length + length - 1, in_place=False)  # fmt: skip
         last = jnp.repeat(hidden[:, -1:], rows // groups, axis=0)
         if length == 1:
             return last
-        extended, _ = self._extend(response_ids[:, :-1], cache.repeat(rows // groups))
+        extended, _ = self._extend(response_ids[:, :-1], cache.repeat(rows // groups), in_place=False)
         return jnp.concatenate([last, extended], axis=1)
 
-    def _prefill(self, input_ids, attention_mask, pixel_values, image_grid_thw, cache_size: int):
+    def _prefill(self, input_ids, attention_mask, pixel_values, image_grid_thw, cache_size: int, in_place=True):
         batch, length = input_ids.shape
         if length > cache_size:
             raise ValueError(f"prompt length {length} exceeds the KV cache size {cache_size}")
         x = self.embed(input_ids, pixel_values, image_grid_thw)
         positions, next_position = self._positions(input_ids, attention_mask, image_grid_thw)
         key_mask = jnp.ones((batch, cache_size), bool).at[:, :length].set(attention_mask.astype(bool))
-        hidden, (keys, values) = self.language_model(x, positions, key_mask, self.init_cache(batch, cache_size), 0)
+        hidden, (keys, values) = self.language_model(x, positions, key_mask, self.init_cache(batch, cache_size), 0,
+                                                     in_place)  # fmt: skip
         cache = KVCache(
             keys=keys,
             values=values,
@@ -508,13 +524,13 @@ class Qwen2_5_VL(nnx.Module):
         )
         return hidden, cache
 
-    def _extend(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def _extend(self, tokens: jax.Array, cache: KVCache, in_place: bool = True) -> tuple[jax.Array, KVCache]:
         steps = tokens.shape[1]
         x = self.language_model.embed_tokens(tokens)
         positions = cache.next_position[:, None] + jnp.arange(steps, dtype=jnp.int32)
         positions = jnp.broadcast_to(positions[None], (3, *tokens.shape))
         hidden, (keys, values) = self.language_model(
-            x, positions, cache.key_mask, (cache.keys, cache.values), cache.length
+            x, positions, cache.key_mask, (cache.keys, cache.values), cache.length, in_place
         )
         cache = cache.replace(
             keys=keys,

@@ -33,6 +33,7 @@ from staged_vlm_jax.models.sharding import (
     MeshAxes,
     axis_rules,
     batch_shards,
+    constrain,
     place,
     state_shardings,
     to_host,
@@ -221,10 +222,21 @@ def optimizer_state_shardings(abstract_state, params, other: NamedSharding):
     return jax.tree_util.tree_map_with_path(sharding, abstract_state)
 
 
+def _rows_on_batch_axes(x: jax.Array, axis: int) -> jax.Array:
+    """``x`` with its ``axis`` (the rows) on the batch mesh axes and the axes before it (splits) unsharded.
+
+    A reshape [X, ...] -> [splits, X / splits, ...] of a row-sharded array would otherwise leave XLA sharding the
+    split axis, so a loop over micro-batches gathers each micro-batch onto every device (every device then
+    computes every row: measured on the 7B plan, the whole batch's image patches on each device).
+    """
+    return constrain(x, (None,) * axis + ("batch",) + (None,) * (x.ndim - axis - 1))
+
+
 def _split_rows(tree, *leading: int):
     """Reshapes every batched leaf [X, ...] to [*leading, X / prod(leading), ...] (per-row and per-group leaves
-    alike: a split into whole groups splits both consistently)."""
-    return jax.tree.map(lambda x: x.reshape(*leading, -1, *x.shape[1:]), tree)
+    alike: a split into whole groups splits both consistently), rows kept on the batch axes."""
+    split = lambda x: _rows_on_batch_axes(x.reshape(*leading, -1, *x.shape[1:]), len(leading))
+    return jax.tree.map(split, tree)
 
 
 def _abstract(tree, shardings):
@@ -381,9 +393,7 @@ class Learner:
             if cfg.kl_coef
             else jnp.zeros_like(batch.old_log_probs)
         )
-        minibatches = _split_rows((batch, ref_log_probs), cfg.num_minibatches)
-        minibatches = jax.tree.map(lambda x: x.reshape(x.shape[0], per_minibatch // micro, -1, *x.shape[2:]),
-                                   minibatches)  # fmt: skip
+        minibatches = _split_rows((batch, ref_log_probs), cfg.num_minibatches, per_minibatch // micro)
 
         def micro_step(params, frozen, units, own_old, chunk):
             mb, ref = chunk
