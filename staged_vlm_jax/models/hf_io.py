@@ -43,7 +43,7 @@ def checkpoint_names(family: ModelFamily, path: tuple, variable: nnx.Variable) -
     layer of a stacked parameter."""
     *modules, leaf = (str(p) for p in path)
     dotted = ".".join([*modules, "weight" if leaf in ("kernel", "weight") else leaf])
-    if variable_axes(variable)[0] == LAYERS_AXIS:
+    if _stacked(variable):
         stack = next(p for p in family.stacked_layers if dotted.startswith(p + "."))
         dotted = [f"{stack}.{i}{dotted[len(stack) :]}" for i in range(variable.shape[0])]
     else:
@@ -56,10 +56,14 @@ def checkpoint_names(family: ModelFamily, path: tuple, variable: nnx.Variable) -
     return names, leaf == "kernel"
 
 
+def _stacked(variable: nnx.Variable) -> bool:
+    """Whether ``variable`` holds every layer of a stack ([L, ...], `layers.stack_layers`)."""
+    return variable_axes(variable)[0] == LAYERS_AXIS
+
+
 def _layer_shape(variable: nnx.Variable) -> tuple[int, ...]:
     """One checkpoint tensor's share of a parameter: a stacked one's per-layer shape."""
-    stacked = variable_axes(variable)[0] == LAYERS_AXIS
-    return tuple(variable.shape[1:] if stacked else variable.shape)
+    return tuple(variable.shape[1:] if _stacked(variable) else variable.shape)
 
 
 def _hf_shape(family: ModelFamily, cfg, name: str, shape: tuple[int, ...], transposed: bool) -> tuple[int, ...]:
@@ -185,7 +189,7 @@ def _load_local(directory: Path, dtype, mesh: Mesh | None, rules: Mapping[str, M
     for param_path, variable in flat:
         tensor_names, transposed = wanted[param_path]
         tensors = [read(name, _layer_shape(variable), transposed) for name in tensor_names]
-        host = np.stack(tensors) if variable_axes(variable)[0] == LAYERS_AXIS else tensors[0]
+        host = np.stack(tensors) if _stacked(variable) else tensors[0]
         loaded.append((param_path, variable.replace(_place(host, variable, mesh, rules))))
     return nnx.merge(graphdef, nnx.from_flat_state(loaded)), cfg
 
@@ -210,10 +214,9 @@ def save_hf(model: nnx.Module, cfg, out_dir: str | os.PathLike, max_shard_bytes:
     entries = []
     for param_path, variable in flat:
         tensor_names, transposed = checkpoint_names(family, param_path, variable)
-        stacked = variable_axes(variable)[0] == LAYERS_AXIS
         for layer, name in enumerate(tensor_names):
             hf_shape = _hf_shape(family, cfg, name, _layer_shape(variable), transposed)
-            entries.append((name, transposed, variable, layer if stacked else None, hf_shape))
+            entries.append((name, transposed, variable, layer if _stacked(variable) else None, hf_shape))
     shards: list[list] = [[]]
     size = 0
     for entry in entries:

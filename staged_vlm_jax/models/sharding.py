@@ -121,6 +121,14 @@ def state_shardings(state, mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFAULT_R
     )
 
 
+def abstract(tree, shardings):
+    """``tree``'s array leaves as shape/dtype structs placed by ``shardings`` (one per leaf in order, or a tree
+    with one sharding per leaf): a target for ahead-of-time lowering or for restoring into, allocating nothing."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                              for x, s in zip(leaves, jax.tree.leaves(shardings), strict=True)])  # fmt: skip
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> nnx.Module:
     """Moves a model's parameters onto ``mesh`` according to ``rules`` (in place) and returns it."""
     state = nnx.state(model)

@@ -31,6 +31,7 @@ from staged_vlm_jax.models.layers import REMAT_POLICIES, remat
 from staged_vlm_jax.models.sharding import (
     DEFAULT_RULES,
     MeshAxes,
+    abstract,
     axis_rules,
     batch_shards,
     constrain,
@@ -239,13 +240,6 @@ def _split_rows(tree, *leading: int):
     return jax.tree.map(split, tree)
 
 
-def _abstract(tree, shardings):
-    """``tree``'s leaves as shape/dtype structs placed by ``shardings`` (one per leaf, in order)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                              for x, s in zip(leaves, jax.tree.leaves(shardings), strict=True)])  # fmt: skip
-
-
 class Learner:
     """Owns the model's graph, the optimizer and the compiled train step for one stage.
 
@@ -279,9 +273,9 @@ class Learner:
             if mesh is None:
                 raise ValueError("a Learner of an abstract model (shapes only, as `staged-vlm plan` uses) needs a mesh")
             replicated = NamedSharding(mesh, PartitionSpec())
-            params, frozen = (_abstract(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
+            params, frozen = (abstract(s, state_shardings(s, mesh, rules)) for s in (params, frozen))
             opt_state = jax.eval_shape(self.tx.init, params)
-            opt_state = _abstract(opt_state, optimizer_state_shardings(opt_state, params, replicated))
+            opt_state = abstract(opt_state, optimizer_state_shardings(opt_state, params, replicated))
             scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
         elif mesh is None:
             opt_state = self.tx.init(params)

@@ -35,6 +35,7 @@ from staged_vlm_jax.data.batch import SLOT_BUCKETS, PromptBatch, bucket, model_i
 from staged_vlm_jax.models.sharding import (
     DEFAULT_RULES,
     MeshAxes,
+    abstract,
     axis_rules,
     batch_sharding,
     batch_shards,
@@ -388,10 +389,7 @@ class RolloutEngine:
         pixel_values = struct((rows, bucket(patches, self.config.patch_buckets), patch_dim), jnp.float32)
         graphdef, state = nnx.split(model)
         if self.mesh is not None:
-            leaves, treedef = jax.tree.flatten(state)
-            shardings = jax.tree.leaves(state_shardings(state, self.mesh, self.rules))
-            state = treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-                                       for x, sharding in zip(leaves, shardings, strict=True)])  # fmt: skip
+            state = abstract(state, state_shardings(state, self.mesh, self.rules))
         scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
         with self._mesh_context(), axis_rules(self.rules):
             lowered = self._program.lower(

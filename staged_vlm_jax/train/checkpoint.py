@@ -27,7 +27,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, barrier, state_shardings
+from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes, abstract, barrier, state_shardings
 from staged_vlm_jax.paths import PathLike, as_path, move
 from staged_vlm_jax.rl.learner import Learner
 
@@ -152,14 +152,11 @@ class Checkpointer:
         ``rules`` on ``mesh`` (on this process's first device without one). The placement is this process's, not
         the saving run's, so a pod's checkpoint restores on one host and an 8-device one in a 1-device process."""
         graphdef, state = nnx.split(model)
-        leaves, treedef = jax.tree.flatten(state)
         if mesh is None:
-            shardings = [SingleDeviceSharding(jax.local_devices()[0])] * len(leaves)
+            shardings = [SingleDeviceSharding(jax.local_devices()[0])] * len(jax.tree.leaves(state))
         else:
-            shardings = jax.tree.leaves(state_shardings(state, mesh, rules))
-        target = treedef.unflatten(
-            [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shardings, strict=True)]
-        )
+            shardings = state_shardings(state, mesh, rules)
+        target = abstract(state, shardings)
         return nnx.merge(graphdef, self._restore(global_step, "model", target, "the configured model"))
 
     def restore_optimizer(self, global_step: int, learner: Learner) -> None:

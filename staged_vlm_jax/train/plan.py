@@ -24,14 +24,13 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from staged_vlm_jax import models
 from staged_vlm_jax.data.batch import bucket
 from staged_vlm_jax.data.pipeline import DataSource
 from staged_vlm_jax.data.schema import DataError, SkipCounter
 from staged_vlm_jax.data.sources import read_rows
-from staged_vlm_jax.models.sharding import make_mesh
+from staged_vlm_jax.models.sharding import batch_sharding, make_mesh
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch
 from staged_vlm_jax.rl.rollout import RolloutEngine
 from staged_vlm_jax.train import config as config_lib
@@ -269,8 +268,9 @@ def size_programs(spec: config_lib.RunSpec, model_cfg, mesh, cache_limit: int | 
         rows = stage.batch_size * STAGE_KINDS[stage.kind].rows_per_prompt(rollout)
         group = learner.group_size(rows, rollout.n) if stage.kind == "grpo" else 1
         length = rollout.max_new_tokens
-        struct = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(
-            mesh, PartitionSpec(rules["batch"], *([None] * (len(shape) - 1)))))  # fmt: skip
+        struct = lambda shape, dtype: jax.ShapeDtypeStruct(
+            shape, dtype, sharding=batch_sharding(mesh, len(shape), rules)
+        )
         batch = TrainBatch(
             input_ids=struct((rows, prompt + length), jnp.int32),
             attention_mask=struct((rows, prompt + length), jnp.int32),
