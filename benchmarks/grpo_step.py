@@ -344,8 +344,8 @@ def our_step(trainer: GRPOTrainer, ids: np.ndarray, seed: int) -> dict[str, floa
 def our_ref_log_probs(trainer: GRPOTrainer) -> Callable[[TrainBatch], jax.Array]:
     """Our train step's reference log-probs as a program of their own (the step itself runs them inside)."""
     learner = trainer.learner
-    rows = PROMPTS * GENERATIONS
-    program = jax.jit(lambda state, batch: learner.log_probs(state.ref_params, state.frozen, batch, rows))
+    one_chunk = lambda batch: jax.tree.map(lambda x: x[None], batch)  # all rows as one micro-batch
+    program = jax.jit(lambda state, batch: learner.log_probs(state.ref_params, state.frozen, one_chunk(batch)))
     return lambda batch: program(learner.state, batch).block_until_ready()
 
 

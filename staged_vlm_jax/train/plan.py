@@ -30,8 +30,8 @@ from staged_vlm_jax.data.batch import bucket
 from staged_vlm_jax.data.pipeline import DataSource
 from staged_vlm_jax.data.schema import DataError, SkipCounter
 from staged_vlm_jax.data.sources import read_rows
-from staged_vlm_jax.models.sharding import batch_sharding, make_mesh
-from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch
+from staged_vlm_jax.models.sharding import batch_sharding, batch_shards, make_mesh
+from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch, micro_batch_spread_warning
 from staged_vlm_jax.rl.rollout import RolloutEngine
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train.export import model_config
@@ -281,9 +281,10 @@ def size_programs(spec: config_lib.RunSpec, model_cfg, mesh, cache_limit: int | 
             group_size=group,
         )
         cfg = learner.config
+        spread = micro_batch_spread_warning(cfg, rows, group, batch_shards(mesh, rules))
         shape = (f"{rows} rows of {prompt} + {length} tokens, {cfg.num_minibatches} mini-batches of micro-batches "
                  f"of {cfg.micro_batch_size or rows // cfg.num_minibatches}" + (f", prompts shared by {group}"
-                 if group > 1 else ""))  # fmt: skip
+                 if group > 1 else "") + (f" (warning: {spread})" if spread else ""))  # fmt: skip
         work = flops.train(cfg, rows // group, prompt, rows, length, patches if images else 0)
         found.append(_size(name, "train", shape, learner.lower(batch), work / devices))
         seen[key] = found

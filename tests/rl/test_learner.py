@@ -193,6 +193,54 @@ def test_optimizer_state_is_sharded_as_its_parameters(dtype):
     assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(learner.state.opt_state))
 
 
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_micro_batches_are_the_original_rows_and_span_every_shard_without_communication():
+    """`place_batch` permutes rows so that the step's micro-batches come back, by a reshape and transpose local to
+    each device, as the original contiguous rows (per-row and per-group leaves alike), each spread over all 4
+    batch shards: no collective moves the batch (a contiguous micro-batch would sit on one device, and XLA would
+    gather it onto every device, e.g. the 7B recipe's image patches)."""
+    from staged_vlm_jax.rl.learner import _micro_layout, _split_micro_batches
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rows, group, length = 32, 2, 3
+    numbered = np.arange(rows * length, dtype=np.int32).reshape(rows, length)
+    batch = TrainBatch(
+        input_ids=numbered, attention_mask=numbered, response_mask=numbered,
+        advantages=np.arange(rows, dtype=np.float32), group_size=group,
+        pixel_values=np.arange(rows // group * 5, dtype=np.float32).reshape(rows // group, 5),
+    )  # fmt: skip
+    learner = Learner(models.create(tiny(), seed=0), _config(num_minibatches=2, micro_batch_size=8), mesh=mesh)
+    layout = _micro_layout(batch, learner.config)
+    assert layout == (2, 2, 4)  # 2 mini-batches of 2 micro-batches of 4 groups (8 rows)
+    split = jax.jit(lambda b: _split_micro_batches(b, layout))
+    placed = learner.place_batch(batch)
+    with jax.set_mesh(mesh):
+        out = split(placed)
+        hlo = split.lower(placed).compile().as_text()
+    np.testing.assert_array_equal(np.asarray(out.input_ids), numbered.reshape(2, 2, 8, length))
+    np.testing.assert_array_equal(np.asarray(out.advantages), np.arange(rows).reshape(2, 2, 8))
+    np.testing.assert_array_equal(np.asarray(out.pixel_values), batch.pixel_values.reshape(2, 2, 4, 5))
+    assert out.pixel_values.sharding.spec[2] == ("data", "fsdp")
+    assert not [op for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce") if op in hlo], hlo
+
+
+def test_micro_batches_that_do_not_spread_over_the_shards_are_named_with_the_fix():
+    from staged_vlm_jax.rl.learner import micro_batch_spread_warning
+
+    paper = LearnerConfig(micro_batch_size=40, num_minibatches=4)  # 2560 rows in groups of 5
+    assert micro_batch_spread_warning(paper, 2560, 5, 8) is None  # 8 groups over 8 GPUs
+    assert micro_batch_spread_warning(paper, 2560, 5, 64) == (
+        "micro-batches of 8 groups of 5 do not divide over 64 batch shards, so their rows are replicated; set "
+        "learner.micro_batch_size to a multiple of 320"
+    )
+    whole = LearnerConfig(num_minibatches=2)  # micro-batch = mini-batch = 4 rows
+    assert "4 rows do not divide over 8 batch shards" in micro_batch_spread_warning(whole, 8, 1, 8)
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})  # 4 batch shards
+    learner = Learner(models.create(tiny(), seed=0), _config(micro_batch_size=2), mesh=mesh)
+    with pytest.warns(UserWarning, match="multiple of 4"):
+        learner.place_batch(make_batch(tiny()))
+
+
 def test_batch_that_does_not_split_is_refused():
     cfg = tiny()
     learner = Learner(models.create(cfg, seed=6), _config(micro_batch_size=3))
