@@ -97,17 +97,38 @@ def load_config(config: str, overrides: Sequence[str]):
     bad = [item for item in overrides if not item.startswith("--config.")]
     if bad:
         raise ConfigKeyError(f"unknown arguments {bad}; config overrides look like --config.rollout.n=8")
-    argv = ["staged-vlm", f"--config={config}", *overrides]
-    values = flags.FlagValues()
-    # sys_argv: the overrides are read from it (by default ml-collections reads the process's sys.argv).
-    config_flags.DEFINE_config_file("config", None, "run config", flag_values=values, lock_config=True, sys_argv=argv)
-    try:
+
+    def load(overrides: Sequence[str]):
+        argv = ["staged-vlm", f"--config={config}", *overrides]
+        values = flags.FlagValues()
+        # sys_argv: the overrides are read from it (by default ml-collections reads the process's sys.argv).
+        config_flags.DEFINE_config_file("config", None, "run config", flag_values=values, lock_config=True,
+                                        sys_argv=argv)  # fmt: skip
         values(argv)
+        return values.config
+
+    try:
+        return load(overrides)
     except flags.Error as error:
         raise ConfigKeyError(" ".join(str(error).split())) from error
     except (AttributeError, KeyError) as error:  # an override of a key the config does not have
-        raise ConfigKeyError(f"{' '.join(overrides)}: unknown config key {str(error).strip(chr(34))}") from error
-    return values.config
+        raise unknown_override(load([]), overrides) from error
+
+
+def unknown_override(config, overrides: Sequence[str]):
+    """The `ConfigKeyError` for the first of ``overrides`` naming a key ``config`` lacks, with the closest valid
+    key at that level ("did you mean")."""
+    from staged_vlm_jax.train.config import ConfigKeyError, unknown_key
+
+    for override in overrides:
+        node, where = config, "config"
+        for part in override.removeprefix("--config.").split("=")[0].split("."):
+            if not hasattr(node, "keys"):
+                return ConfigKeyError(f"{override}: {where} is a value, not a section")
+            if part not in node:
+                return unknown_key(part, list(node.keys()), where)
+            node, where = node[part], f"{where}.{part}"
+    return ConfigKeyError(f"{' '.join(overrides)}: unknown config key")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""Ablation (curriculum grid, Sec. 4.5): difficulty only — the merged data sorted easy -> hard by pass_rate (ties
-shuffled), vision tower frozen. Set --config.stages.merged.drop_solved=True to drop pass_rate == 1 rows."""
+"""Ablation (curriculum grid, Sec. 4.5): difficulty only — one run of 15 passes over the union of the three data
+sets sorted easy -> hard by pass_rate (ties shuffled; the same order every pass, as the paper's sorted file with
+data.shuffle=false), vision tower frozen. Set --config.stages.merged.drop_solved=True to drop pass_rate == 1 rows."""
 
 from staged_vlm_jax.train import recipes
 

@@ -2,19 +2,28 @@
 
 Two levels, both data (DESIGN Principle 1):
 
-* Row orders (`ORDERS`, chosen by a stage's ``order``): ``shuffle`` (a seeded shuffle, redrawn each epoch) and
-  ``difficulty`` (easiest first: pass_rate descending, ties in a seeded random order — the paper's
-  difficulty-sorted ablation). Either can drop rows the model already solves (``drop_solved``: pass_rate == 1).
+* Epochs (`EpochOrdered`) as EasyR1's dataloader makes them: every epoch is the stage's rows (its sources
+  concatenated, each repeated its ``repeat`` count) in that epoch's order, cut to a whole number of batches (the
+  last partial batch is dropped, ``drop_last``), the epochs back to back. A stage of E epochs over R rows at batch
+  B therefore has E · ⌊R / B⌋ steps.
+* Row orders (`ORDERS`, chosen by a stage's ``order``), each a pure function of (sources, seed, epoch):
+  ``shuffle`` (a seeded permutation, redrawn every epoch: EasyR1's RandomSampler), ``difficulty`` (easiest first:
+  pass_rate descending, ties in a seeded random order; the same pass every epoch, as the paper's pass_rate-sorted
+  file with ``data.shuffle=false``) and ``difficulty_per_source`` (the sources one after the other, each sorted
+  easiest first: the paper's capability × difficulty file). ``drop_solved`` first drops rows with pass_rate 1.
 * Stage layouts (`staged`, `merged`): functions of a config's stage table that return the schedule and stages a
   run executes. ``staged(stages, ("perception", "text_reasoning", "visual_reasoning"))`` runs them in that order
-  (any order or subset: 3→2→1, 1→3, 2→3); ``merged(stages, names)`` replaces them by one stage over the union of
-  their data, every source repeated its stage's epoch count and all of it shuffled together, with the same total
-  number of optimizer steps (each stage's steps are a sum over its sources, so the sums agree by construction).
-  Difficulty and capability × difficulty are the same layouts with ``order="difficulty"`` per stage.
+  (any order or subset: 3→2→1, 1→3, 2→3); ``merged(stages, names, epochs)`` replaces them by one stage of
+  ``epochs`` epochs over the union of their data, the paper's merged baseline (15 epochs over the three sets:
+  15 · ⌊(N1 + N2 + N3) / 512⌋ steps), and with ``order="difficulty"`` or ``"difficulty_per_source"`` its
+  difficulty and capability × difficulty curricula, which are one continuous run in the paper.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import sys
 from collections.abc import Callable, Sequence
 
 import grain
@@ -54,29 +63,64 @@ def _pass_rates(rows: grain.MapDataset) -> np.ndarray:
     return np.asarray(rates, np.float64)
 
 
-def _unsolved(rows: grain.MapDataset, drop_solved: bool) -> grain.MapDataset:
+def unsolved(rows: grain.MapDataset, drop_solved: bool) -> grain.MapDataset:
+    """``rows`` without those the model already solves (pass_rate 1) when ``drop_solved``."""
     if not drop_solved:
         return rows
     return grain.MapDataset.source(_Indexed(rows, np.flatnonzero(_pass_rates(rows) < 1.0)))
 
 
-def shuffled(rows: grain.MapDataset, seed: int, drop_solved: bool) -> grain.MapDataset:
-    """A seeded shuffle; followed by ``repeat`` it is redrawn every epoch (Grain reseeds per epoch)."""
-    return _unsolved(rows, drop_solved).shuffle(seed)
+def shuffled(sources: Sequence[grain.MapDataset], seed: int, epoch: int) -> np.ndarray:
+    """A permutation of the concatenated rows, drawn anew for every epoch from (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(sum(map(len, sources)))
 
 
-def by_difficulty(rows: grain.MapDataset, seed: int, drop_solved: bool) -> grain.MapDataset:
-    """Easiest first: pass_rate descending, ties broken by a seeded random key (the same order every epoch)."""
-    rows = _unsolved(rows, drop_solved)
-    rates = _pass_rates(rows)
+def by_difficulty(sources: Sequence[grain.MapDataset], seed: int, epoch: int) -> np.ndarray:
+    """Easiest first over all rows: pass_rate descending, ties by a seeded random key (the same every epoch)."""
+    rates = np.concatenate([_pass_rates(rows) for rows in sources])
     ties = np.random.default_rng(seed).random(len(rates))
-    return grain.MapDataset.source(_Indexed(rows, np.lexsort((ties, -rates))))
+    return np.lexsort((ties, -rates))
 
 
-ORDERS: dict[str, Callable[[grain.MapDataset, int, bool], grain.MapDataset]] = {
+def by_difficulty_per_source(sources: Sequence[grain.MapDataset], seed: int, epoch: int) -> np.ndarray:
+    """The sources in their order, each sorted easiest first (`by_difficulty` within each block)."""
+    offsets = np.cumsum([0, *map(len, sources)])[:-1]
+    return np.concatenate([offset + by_difficulty([rows], seed + index, epoch)
+                           for index, (offset, rows) in enumerate(zip(offsets, sources, strict=True))])  # fmt: skip
+
+
+ORDERS: dict[str, Callable[[Sequence[grain.MapDataset], int, int], np.ndarray]] = {
     "shuffle": shuffled,
     "difficulty": by_difficulty,
+    "difficulty_per_source": by_difficulty_per_source,
 }
+
+
+class EpochOrdered:
+    """A Grain source: ``epochs`` epochs (None: without end) of the concatenated ``sources``, epoch e in the order
+    ``ORDERS[order](sources, seed, e)`` and cut to its first ``keep`` rows (a whole number of batches).
+
+    Row i is a pure function of i (epoch i // keep, position i % keep), so a Grain iterator over it resumes exactly.
+    The first epoch's order is computed here, so a row without a pass_rate fails at construction.
+    """
+
+    def __init__(self, sources: Sequence[grain.MapDataset], order: str, seed: int, keep: int, epochs: int | None):
+        self.rows = grain.MapDataset.concatenate(list(sources)) if len(sources) > 1 else sources[0]
+        self.keep, self.epochs = keep, epochs
+        self._order = functools.partial(ORDERS[order], list(sources), seed)
+        self._cached = (0, self._order(0))
+
+    def __len__(self) -> int:
+        return self.keep * self.epochs if self.epochs is not None else sys.maxsize
+
+    def __getitem__(self, index: int) -> Example:
+        epoch, position = divmod(index, self.keep)
+        if self._cached[0] != epoch:
+            self._cached = (epoch, self._order(epoch))
+        return self.rows[int(self._cached[1][position])]
+
+    def __repr__(self) -> str:
+        return f"EpochOrdered({self.keep} rows per epoch, {self.epochs or 'endless'} epochs)"
 
 
 def staged(stages: ml_collections.ConfigDict, schedule: Sequence[str]) -> tuple[str, ...]:
@@ -87,13 +131,16 @@ def staged(stages: ml_collections.ConfigDict, schedule: Sequence[str]) -> tuple[
     return tuple(schedule)
 
 
-def merged(stages: ml_collections.ConfigDict, names: Sequence[str], **overrides) -> ml_collections.ConfigDict:
-    """One stage over the union of ``names``' data, as the paper's merged baseline.
+def merged(
+    stages: ml_collections.ConfigDict, names: Sequence[str], epochs: int, **overrides
+) -> ml_collections.ConfigDict:
+    """One stage of ``epochs`` epochs over the union of ``names``' data, as the paper's merged baseline (and, with
+    an ``order`` override, its one-run difficulty curricula).
 
-    Each source keeps its repeat count times its stage's epochs (so the merged stage sees every row as often as
-    the staged run does), the rows are shuffled together, and the stage runs one epoch of that union — the same
-    number of optimizer steps as the staged stages together. The first stage's other settings (batch size,
-    overrides) are kept; ``overrides`` replace any of them (the paper freezes the vision tower when merged).
+    Every source keeps its repeat count (a source in several stages adds them); ``source_order`` lists the sources
+    in stage order, which ``order="difficulty_per_source"`` follows. The first stage's other settings (batch size,
+    overrides) are kept; ``overrides`` replace any of them (the paper freezes the vision tower when merged). Steps:
+    ``epochs`` · ⌊union rows / batch⌋, not the staged stages' sum (the paper: 930 merged against 96 + 375 + 465).
     """
     staged(stages, names)
     first = stages[names[0]]
@@ -103,15 +150,17 @@ def merged(stages: ml_collections.ConfigDict, names: Sequence[str], **overrides)
         if stage.batch_size != first.batch_size:
             raise ValueError(
                 f"stages.{name}.batch_size {stage.batch_size} != stages.{names[0]}.batch_size {first.batch_size}: "
-                "a merged stage needs one batch size to keep the step count"
+                "a merged stage draws one batch size"
             )
         if stage.get("steps"):
-            raise ValueError(f"stages.{name}.steps is set; merged() matches steps through epochs, not fixed steps")
-        for source, repeat in stage.data.items():
-            data[source] = data.get(source, 0) + repeat * stage.epochs
-    result = ml_collections.ConfigDict(first.to_dict())
+            raise ValueError(f"stages.{name}.steps is set; a merged stage's steps come from its epochs")
+        ordered = stage.get("source_order") or sorted(stage.data)
+        for source in ordered:
+            data[source] = data.get(source, 0) + stage.data[source]
+    result = copy.deepcopy(first)  # keeps its typed placeholders, so they stay overridable
     result.data = data
-    result.epochs = 1
+    result.source_order = tuple(data)
+    result.epochs = epochs
     result.order = "shuffle"
     result.update(overrides)
     return result

@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import importlib.util
 import math
+import typing
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -285,6 +286,50 @@ NORMALIZATION_TABLE: dict[str, Callable[[Sequence[float], Sequence[float]], np.n
     "pil": _normalization_table_pil,
     "torchvision": _normalization_table_torchvision,
 }
+
+
+def easyr1_resize(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """EasyR1's pre-resize (``ImageProcessMixin.process_image``), which the paper's images went through before the
+    HF processor: an image over ``max_pixels`` shrinks, then one under ``min_pixels`` grows, each by the factor
+    sqrt(bound / area) with the sides truncated to integers, in the image's own mode with Pillow's default filter
+    (bicubic; nearest for palette and 1-bit images). The processor's `smart_resize` then rounds the result to
+    multiples of 28 within its own (hub) limits: a 200x300 (height x width) image becomes 418x627, then 420x616, where
+    resizing straight into [512², 2048²] gives 420x644."""
+    if image.width * image.height > max_pixels:
+        image = _scaled_to(image, max_pixels)
+    if image.width * image.height < min_pixels:
+        image = _scaled_to(image, min_pixels)
+    return image
+
+
+def _scaled_to(image: Image.Image, pixels: int) -> Image.Image:
+    factor = math.sqrt(pixels / (image.width * image.height))
+    return image.resize((int(image.width * factor), int(image.height * factor)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInputs:
+    """How a row's images become model inputs: EasyR1's pre-resize into ``pre_resize`` (min, max) pixels when set
+    (`easyr1_resize`, applied as the file is decoded), then the processor ``settings`` with ``backend``'s kernel."""
+
+    settings: QwenImageSettings = QWEN2_VL
+    backend: Backend = "auto"
+    pre_resize: tuple[int, int] | None = None
+
+    def preprocess(self, image: np.ndarray | Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        return self.settings.preprocess(image, backend=self.backend)
+
+
+# ``data.image_resize``: where a run's [min_pixels, max_pixels] apply. "easyr1" (the paper's path): EasyR1's
+# pre-resize into them, then the processor with its checkpoint's own limits; "processor": the processor's
+# `smart_resize` straight into them (what a plain HF pipeline with those limits does).
+IMAGE_RESIZES: dict[str, Callable[[QwenImageSettings, int, int, Backend], ImageInputs]] = {
+    "easyr1": lambda settings, low, high, backend: ImageInputs(settings, backend, (low, high)),
+    "processor": lambda settings, low, high, backend: ImageInputs(
+        dataclasses.replace(settings, min_pixels=low, max_pixels=high), backend
+    ),
+}
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
 
 def _check_settings(

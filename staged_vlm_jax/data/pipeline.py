@@ -5,9 +5,10 @@ resumed run has to draw exactly the prompts the uninterrupted one would have. Gr
 pipeline is built from its datasets, because every stage is a deterministic function of the element index and
 the iterator state is a handful of integers. So every step here is a Grain stage:
 
-    per source: rows (read once, images left lazy) -> this host's shard -> shuffle(seed, reseeded per epoch)
-                -> repeat(num_epochs)
-    sources combined: concatenated (no weights: every row once per epoch) or mixed by weight (`MapDataset.mix`)
+    per source: rows (read once, images left lazy) -> this host's shard
+    sources combined: concatenated (no weights: every row ``repeat`` times per epoch, each epoch in its order and
+                      cut to whole batches, `curriculum.EpochOrdered`) or, per source shuffled (reseeded every
+                      epoch) and repeated, mixed by weight (`MapDataset.mix`)
     -> map: decode images, Qwen preprocessing, prompt token ids (threads or worker processes)
     -> drop bad rows (``on_error="skip"``) and over-long prompts, counting both (EasyR1's filter_overlong_prompts)
     -> batch(batch_size, drop_remainder) into a `PromptBatch`, left-padded to the smallest prompt bucket
@@ -39,7 +40,7 @@ from transformers import PreTrainedTokenizerFast
 
 from staged_vlm_jax.data import curriculum
 from staged_vlm_jax.data.batch import PromptBatch, bucket, left_pad
-from staged_vlm_jax.data.images import QWEN2_VL, QwenImageSettings
+from staged_vlm_jax.data.images import ImageInputs
 from staged_vlm_jax.data.prompts import PromptFilter, build_prompt
 from staged_vlm_jax.data.schema import ON_ERROR_POLICIES, DataError, ErrorPolicy, Example, RowLocation, SkipCounter
 from staged_vlm_jax.data.sources import read_rows
@@ -64,15 +65,18 @@ class DataSource:
 class PipelineConfig:
     """What a prompt pipeline reads and how it orders, shards, filters and batches it (validated on construction).
 
-    ``weights`` None concatenates the sources (each row once per epoch); otherwise the sources are mixed in these
-    proportions and the mixture ends when the first source runs out of its ``num_epochs`` epochs (Grain's
-    ``MapDataset.mix``). ``order`` (concatenated sources only) names a `curriculum.ORDERS` entry: "shuffle"
-    (reshuffled every epoch) or "difficulty" (easiest first by pass_rate, ties shuffled; ``drop_solved`` drops
-    rows with pass_rate 1). ``drop_remainder`` False keeps a last, smaller batch (evaluation).
+    ``weights`` None concatenates the sources (each row ``repeat`` times per epoch); otherwise the sources are
+    mixed in these proportions and the mixture ends when the first source runs out of its ``num_epochs`` epochs
+    (Grain's ``MapDataset.mix``). ``order`` (concatenated sources only) names a `curriculum.ORDERS` entry:
+    "shuffle" (reshuffled every epoch), "difficulty" (easiest first by pass_rate, ties shuffled) or
+    "difficulty_per_source"; ``drop_solved`` drops rows with pass_rate 1. ``drop_remainder`` True cuts every
+    epoch of concatenated sources to whole batches (EasyR1's ``drop_last``); False keeps a last, smaller batch
+    (evaluation).
     ``num_epochs`` None repeats forever. ``shard_index`` / ``shard_count`` default to this
     JAX process and the process count. ``worker_count`` > 0 runs the map in that many processes (Grain's
     ``mp_prefetch``; needs absl flags parsed), ``worker_threads`` > 0 in threads of this process. Images are
-    decoded in the map; ``verify_images`` also decodes each one once when the files are read, so a missing image
+    decoded and preprocessed in the map as ``images`` says (EasyR1's pre-resize, processor settings, resize
+    kernel); ``verify_images`` also decodes each one once when the files are read, so a missing image
     fails (or is skipped) at start-up rather than when its row is first drawn.
     """
 
@@ -87,7 +91,7 @@ class PipelineConfig:
     shard_count: int = dataclasses.field(default_factory=jax.process_count)
     worker_count: int = 0
     worker_threads: int = 0
-    image_settings: QwenImageSettings = QWEN2_VL
+    images: ImageInputs = ImageInputs()
     on_error: ErrorPolicy = "raise"
     verify_images: bool = False
     order: str = "shuffle"
@@ -176,19 +180,20 @@ def _source_seed(seed: int, index: int) -> int:
 
 
 def example_dataset(config: PipelineConfig, sources: Sequence[ExampleSource]) -> grain.MapDataset:
-    """This host's Examples in training order: sharded, shuffled per epoch, repeated, concatenated or mixed.
+    """This host's Examples in training order: sharded, then epochs of the concatenated sources in their order
+    (`curriculum.EpochOrdered`) or the shuffled sources mixed by weight.
 
     Raises ValueError naming ``batch_size`` if this host's shard of an epoch cannot fill one batch (when batches
     drop their remainder).
     """
     shards = [grain.MapDataset.source(source)[config.shard_index :: config.shard_count] for source in sources]
     if config.weights is None:
-        repeated = [shard.repeat(source.repeat) if source.repeat > 1 else shard
-                    for shard, source in zip(shards, config.sources, strict=True)]  # fmt: skip
-        rows = grain.MapDataset.concatenate(repeated) if len(repeated) > 1 else repeated[0]
-        rows = curriculum.ORDERS[config.order](rows, config.seed, config.drop_solved)
-        shard_rows = len(rows)
-        dataset = rows.repeat(config.num_epochs)
+        blocks = [curriculum.unsolved(shard.repeat(source.repeat) if source.repeat > 1 else shard, config.drop_solved)
+                  for shard, source in zip(shards, config.sources, strict=True)]  # fmt: skip
+        shard_rows = sum(map(len, blocks))
+        keep = shard_rows - shard_rows % config.batch_size if config.drop_remainder else shard_rows
+        ordered = curriculum.EpochOrdered(blocks, config.order, config.seed, keep, config.num_epochs) if keep else []
+        dataset = grain.MapDataset.source(ordered)  # empty when an epoch holds no whole batch: named below
     else:
         repeated = [
             shard.shuffle(_source_seed(config.seed, index)).repeat(config.num_epochs)
@@ -236,16 +241,15 @@ class PromptBuilder:
     `SkippedRow` for the main process to count; under ``"raise"`` the `DataError` propagates.
     """
 
-    def __init__(
-        self, tokenizer: PreTrainedTokenizerFast, image_settings: QwenImageSettings, on_error: ErrorPolicy
-    ) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, images: ImageInputs, on_error: ErrorPolicy) -> None:
         self.tokenizer = tokenizer
-        self.image_settings = image_settings
+        self.images = images
         self.on_error = on_error
 
     def __call__(self, example: Example) -> Prompt | SkippedRow:
         try:
-            images = [self._preprocess(image.load(), example, index) for index, image in enumerate(example.images)]
+            images = [self._preprocess(image.load(self.images.pre_resize), example, index)
+                      for index, image in enumerate(example.images)]  # fmt: skip
         except DataError as error:
             if self.on_error == "raise":
                 raise
@@ -253,14 +257,14 @@ class PromptBuilder:
             return SkippedRow(error.where, error.field, str(error).removeprefix(prefix), error.reason)
         grids = np.array([grid for _, grid in images], dtype=np.int64).reshape(-1, 3)
         ids = build_prompt(
-            self.tokenizer, example.problem, grids, merge_size=self.image_settings.merge_size, problem_id=example.id
+            self.tokenizer, example.problem, grids, merge_size=self.images.settings.merge_size, problem_id=example.id
         )
         pixel_values = np.concatenate([pixels for pixels, _ in images]) if images else None
         return Prompt(example.id, np.asarray(ids, np.int32), example.answer, pixel_values, grids)
 
     def _preprocess(self, image: np.ndarray, example: Example, index: int) -> tuple[np.ndarray, np.ndarray]:
         try:
-            return self.image_settings.preprocess(image)
+            return self.images.preprocess(image)
         except ValueError as error:
             where = example.location if example.location is not None else f"example {example.id!r}"
             raise DataError(where, f"images[{index}]", str(error), reason="unprocessable_image") from error
@@ -376,7 +380,7 @@ def prompt_pipeline(config: PipelineConfig, tokenizer: PreTrainedTokenizerFast) 
         ExampleSource.read(source, on_error=config.on_error, skipped=read_errors, verify_images=config.verify_images)
         for source in config.sources
     ]
-    prompts = example_dataset(config, sources).map(PromptBuilder(tokenizer, config.image_settings, config.on_error))
+    prompts = example_dataset(config, sources).map(PromptBuilder(tokenizer, config.images, config.on_error))
     dataset = prompts.to_iter_dataset(
         grain.ReadOptions(num_threads=config.worker_threads, prefetch_buffer_size=2 * config.worker_threads)
     )

@@ -34,6 +34,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from staged_vlm_jax.data.images import easyr1_resize
+
 CAPABILITIES = ("perception", "text_reasoning", "visual_reasoning")
 IMAGE_PLACEHOLDER = "<image>"
 # The paper's Stage-1 row format (VLM-CapCurriculum data_pipeline/format_for_training.py, PROMPT_TEMPLATE).
@@ -83,18 +85,20 @@ class ImageRef:
     field: str
     name: str
 
-    def load(self) -> np.ndarray:
-        """The image as a uint8 [H, W, 3] RGB array.
+    def load(self, pixel_range: tuple[int, int] | None = None) -> np.ndarray:
+        """The image as a uint8 [H, W, 3] RGB array; with ``pixel_range`` (min, max pixels) first resized into it
+        as EasyR1 does (`images.easyr1_resize`, in the file's own mode).
 
         Converted with Pillow's ``convert("RGB")`` (alpha dropped, palettes expanded), as EasyR1's
         ``process_image`` does before the HF processor. Raises `DataError` with reason ``missing_image`` for a
-        file that cannot be opened and ``corrupt_image`` for data Pillow cannot decode (truncated, not an image,
-        over Pillow's decompression-bomb limit).
+        file that cannot be opened, ``corrupt_image`` for data Pillow cannot decode (truncated, not an image,
+        over Pillow's decompression-bomb limit) and ``unprocessable_image`` for one the pre-resize cannot shrink
+        or grow into the range (an extreme aspect ratio collapses a side to zero).
         """
         try:
             data = self.source if isinstance(self.source, bytes) else self.source.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
-                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+                image.load()
         except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
             raise DataError(
                 self.where, self.field, f"cannot open image {self.name!r}: {error.strerror}", reason="missing_image"
@@ -103,6 +107,13 @@ class ImageRef:
             raise DataError(
                 self.where, self.field, f"cannot decode image {self.name!r}: {error}", reason="corrupt_image"
             ) from error
+        if pixel_range is not None:
+            try:
+                image = easyr1_resize(image, *pixel_range)
+            except ValueError as error:
+                message = f"cannot resize image {self.name!r} ({image.width}x{image.height}) into {pixel_range} pixels"
+                raise DataError(self.where, self.field, f"{message}: {error}", reason="unprocessable_image") from error
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,9 @@ from typing import Any
 
 import ml_collections
 
+from staged_vlm_jax.data import curriculum
+from staged_vlm_jax.data.images import BACKENDS, IMAGE_RESIZES, SETTINGS, ImageInputs
+from staged_vlm_jax.data.schema import ON_ERROR_POLICIES
 from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes
 from staged_vlm_jax.rl.grpo import RolloutConfig
 from staged_vlm_jax.rl.learner import LearnerConfig, batch_split_error
@@ -69,7 +72,8 @@ class DataSpec:
     prompt_buckets: tuple[int, ...] = (256, 512, 1024, 2048)
     min_pixels: int = 512 * 512
     max_pixels: int = 2048 * 2048
-    image_backend: str = "pil"
+    image_resize: str = "easyr1"  # an `images.IMAGE_RESIZES` name: where [min_pixels, max_pixels] apply
+    image_backend: str = "pil"  # the processor's resize kernel, an `images.BACKENDS` name
     worker_threads: int = 0
     on_error: str = "raise"
 
@@ -100,8 +104,10 @@ class StageSpec:
     """One stage: its kind (GRPO or SFT), data (source name -> repeats per epoch), length, parameters to train,
     and overrides of the run's ``learner`` / ``rollout`` / ``reward`` sections.
 
-    ``steps`` 0 derives the step count from the data: Σ over sources of ⌊repeat · epochs · rows / batch_size⌋,
-    which is why a merged stage (every source once, repeated its stage's epochs) has the staged run's step count.
+    ``steps`` 0 derives the step count from the data as EasyR1's dataloader does (``drop_last`` per epoch):
+    epochs · ⌊Σ over sources of repeat · rows / batch_size⌋ (`data.curriculum`). ``order`` is a
+    `curriculum.ORDERS` name; ``source_order`` the order the sources are concatenated in (default: sorted by
+    name), which ``order="difficulty_per_source"`` follows.
     """
 
     data: dict[str, int]
@@ -110,6 +116,7 @@ class StageSpec:
     epochs: int = 1
     steps: int = 0
     order: str = "shuffle"
+    source_order: tuple[str, ...] = ()
     drop_solved: bool = False
     trainable: tuple[str, ...] = (r".*",)
     learner: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -117,6 +124,10 @@ class StageSpec:
     reward: dict[str, Any] = dataclasses.field(default_factory=dict)
     response_template: str = DEFAULT_SFT_TEMPLATE
     evaluate: bool = True
+
+    def sources(self) -> tuple[str, ...]:
+        """The stage's data sources in concatenation order."""
+        return self.source_order or tuple(sorted(self.data))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,13 +185,20 @@ class RunSpec:
         """The rollout engine's config, its prompt buckets the data's (one bucket list for the whole run)."""
         return dataclasses.replace(self.engine, prompt_buckets=self.data.prompt_buckets)
 
+    def image_inputs(self) -> ImageInputs:
+        """How the run's images become model inputs: the model family's processor, ``data.image_resize`` deciding
+        where [min_pixels, max_pixels] apply, ``data.image_backend``'s resize kernel."""
+        data = self.data
+        settings = SETTINGS[self.model.family]
+        return IMAGE_RESIZES[data.image_resize](settings, data.min_pixels, data.max_pixels, data.image_backend)
+
     def rules(self) -> dict[str, MeshAxes]:
         """The sharding rules: `sharding.DEFAULT_RULES` with ``sharding_rules`` applied (lists become tuples)."""
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.sharding_rules.items()}
         return {**DEFAULT_RULES, **overrides}
 
 
-def _unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigKeyError:
+def unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigKeyError:
     close = difflib.get_close_matches(key, list(valid), n=1)
     hint = f"; did you mean {where}.{close[0]}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigKeyError(f"{where}.{key}: unknown config key{hint}")
@@ -212,7 +230,7 @@ def build(cls: type, value: Mapping[str, Any], where: str):
     fields = {field.name: field for field in dataclasses.fields(cls)}
     for key in value:
         if key not in fields:
-            raise _unknown_key(key, fields, where)
+            raise unknown_key(key, fields, where)
     missing = [
         name
         for name, field in fields.items()
@@ -230,8 +248,10 @@ def build(cls: type, value: Mapping[str, Any], where: str):
 
 
 def build_over(base, overrides: Mapping[str, Any], where: str):
-    """``base`` (a dataclass instance) with ``overrides`` applied, keys checked as in `build`."""
-    return build(type(base), {**dataclasses.asdict(base), **overrides}, where)
+    """``base`` (a dataclass instance) with ``overrides`` applied, keys checked as in `build`; an override of None
+    is not one (a stage's unset placeholder: the run's value stands)."""
+    return build(type(base), {**dataclasses.asdict(base), **{k: v for k, v in overrides.items() if v is not None}},
+                 where)  # fmt: skip
 
 
 def _with_workdir(value: Any, workdir: str) -> Any:
@@ -253,19 +273,36 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
     spec: RunSpec = build(RunSpec, _with_workdir(raw, str(workdir)), "config")
     for name in spec.sharding_rules:
         if name not in DEFAULT_RULES:
-            raise _unknown_key(name, DEFAULT_RULES, "config.sharding_rules")
+            raise unknown_key(name, DEFAULT_RULES, "config.sharding_rules")
+    if "trainable" in raw.get("learner", {}):
+        raise ConfigKeyError("config.learner.trainable: each stage says what it trains; set "
+                             "config.stages.NAME.trainable instead")  # fmt: skip
+    data = spec.data
+    for key, choices in (("image_resize", IMAGE_RESIZES), ("image_backend", BACKENDS), ("on_error", ON_ERROR_POLICIES)):
+        if getattr(data, key) not in choices:
+            raise ConfigKeyError(f"config.data.{key}: {getattr(data, key)!r} is not one of {sorted(choices)}")
+    if not 0 < data.min_pixels <= data.max_pixels:
+        raise ConfigKeyError(f"config.data.min_pixels ({data.min_pixels}) and max_pixels ({data.max_pixels}) must be "
+                             "positive with min_pixels <= max_pixels")  # fmt: skip
     if not spec.schedule:
         raise ConfigKeyError("config.schedule: empty; list the stages to run, in order")
     for name in spec.schedule:
         if name not in spec.stages:
-            raise _unknown_key(name, spec.stages, "config.stages")
+            raise unknown_key(name, spec.stages, "config.stages")
         stage = spec.stages[name]
         where = f"config.stages.{name}"
         if stage.kind not in STAGE_KINDS:
             raise ConfigKeyError(f"{where}.kind: {stage.kind!r} is not one of {sorted(STAGE_KINDS)}")
         for source in stage.data:
             if source not in spec.data.sources:
-                raise _unknown_key(source, spec.data.sources, f"{where}.data (config.data.sources)")
+                raise unknown_key(source, spec.data.sources, f"{where}.data (config.data.sources)")
+        if "trainable" in stage.learner:
+            raise ConfigKeyError(f"{where}.learner.trainable: set {where}.trainable instead")
+        if stage.order not in curriculum.ORDERS:
+            raise ConfigKeyError(f"{where}.order: {stage.order!r} is not one of {sorted(curriculum.ORDERS)}")
+        if stage.source_order and sorted(stage.source_order) != sorted(stage.data):
+            raise ConfigKeyError(f"{where}.source_order: {list(stage.source_order)} must list the stage's data "
+                                 f"sources {sorted(stage.data)}, each once")  # fmt: skip
         if stage.batch_size < 1 or stage.epochs < 1 or stage.steps < 0:
             raise ConfigKeyError(f"{where}: batch_size and epochs must be >= 1 and steps >= 0")
         # Overrides are checked now, not when the stage starts hours later; so is the step's batch split.

@@ -8,10 +8,18 @@ real run is ``--config configs/qwen2_5_vl_7b_staged.py --config.model.path=/ckpt
 
 from __future__ import annotations
 
-from ml_collections import ConfigDict
+import dataclasses
+import types
+import typing
+
+from ml_collections import ConfigDict, config_dict
 
 from staged_vlm_jax.data import curriculum
-from staged_vlm_jax.train.config import DEFAULT_SFT_TEMPLATE
+from staged_vlm_jax.rl.grpo import RolloutConfig
+from staged_vlm_jax.rl.learner import LearnerConfig
+from staged_vlm_jax.train.config import DEFAULT_SFT_TEMPLATE, RewardSpec
+
+STAGE_SECTIONS = {"learner": LearnerConfig, "rollout": RolloutConfig, "reward": RewardSpec}
 
 CAPABILITY_STAGES = ("perception", "text_reasoning", "visual_reasoning")
 # Trainable-parameter regexes: everything, or the language model and head with the vision tower (incl. its
@@ -20,11 +28,36 @@ ALL_PARAMETERS = (r".*",)
 VISION_FROZEN = (r"^(?!visual\.)",)
 
 
+def _field_type(hint) -> type:
+    """The type a config field's value is checked against: X | None -> X, tuple[str, ...] -> tuple."""
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    origin = typing.get_origin(hint)
+    return _field_type(args[0]) if origin in (typing.Union, types.UnionType) else origin or hint
+
+
+def section(cls: type, values: dict) -> dict:
+    """Every field of the config dataclass ``cls`` (but ``trainable``: each stage says what it trains), valued by
+    ``values``; a field without a value is a typed placeholder (None). Every key is then present, so a command
+    line can set any of them (``--config.stages.text_reasoning.learner.learning_rate=3e-7``), type-checked."""
+    hints = typing.get_type_hints(cls)
+    placeholder = lambda name: config_dict.placeholder(_field_type(hints[name]))
+    return {f.name: placeholder(f.name) if values.get(f.name) is None else values[f.name]
+            for f in dataclasses.fields(cls) if f.name != "trainable"}  # fmt: skip
+
+
+def run_section(cls: type, **values) -> dict:
+    """A run-level section: ``cls``'s defaults with ``values`` over them (`section`)."""
+    return section(cls, {**dataclasses.asdict(cls()), **values})
+
+
 def stage(data: dict[str, int], batch_size: int, epochs: int, trainable: tuple[str, ...], **fields) -> ConfigDict:
-    """A stage with every optional key present, so command-line overrides of any of them type-check."""
+    """A stage with every optional key present, so command-line overrides of any of them type-check; ``learner``,
+    ``rollout`` and ``reward`` (given as dicts) override the run's sections; their unset keys are placeholders
+    (None: the run's value stands, see `section`)."""
+    sections = {name: section(cls, fields.pop(name, None) or {}) for name, cls in STAGE_SECTIONS.items()}
     stage = dict(kind="grpo", data=data, batch_size=batch_size, epochs=epochs, steps=0, order="shuffle",
-                 drop_solved=False, trainable=trainable, learner={}, rollout={}, reward={}, evaluate=True,
-                 response_template=DEFAULT_SFT_TEMPLATE)  # fmt: skip
+                 source_order=(), drop_solved=False, trainable=trainable, evaluate=True,
+                 response_template=DEFAULT_SFT_TEMPLATE, **sections)  # fmt: skip
     return ConfigDict({**stage, **fields})
 
 
@@ -49,16 +82,17 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
         },
         synthetic=dict(train_rows=0, eval_rows=0, image_size=112, seed=0, max_difficulty=1.0),
         max_prompt_length=2048, prompt_buckets=(512, 1024, 2048), min_pixels=512 * 512, max_pixels=2048 * 2048,
-        image_backend="pil", worker_threads=8, on_error="raise",
+        image_resize="easyr1", image_backend="pil", worker_threads=8, on_error="raise",
     )  # fmt: skip
     c.engine = dict(new_token_buckets=(512, 1024, 2048))
-    c.rollout = dict(n=5, max_new_tokens=2048, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
+    c.rollout = run_section(RolloutConfig, n=5, max_new_tokens=2048, temperature=1.0, top_p=1.0, top_k=0,
+                            advantage="grpo")  # fmt: skip
     # optimizer_precision "kahan": with bf16 weights a 1e-6 AdamW step would otherwise round away (EasyR1's adamw_bf16).
-    c.learner = dict(learning_rate=1e-6, weight_decay=1e-2, max_grad_norm=1.0, num_minibatches=4,
-                     micro_batch_size=40, loss_type="grpo", loss_agg="token-mean", clip_low=0.2, clip_high=0.3,
-                     clip_dual=3.0, kl_coef=1e-2, kl_kind="k3", warmup_steps=0,
-                     optimizer_precision="kahan", remat="full", logits_chunk=128)  # fmt: skip
-    c.reward = dict(name="math", num_workers=16, timeout_s=5.0)
+    c.learner = run_section(LearnerConfig, learning_rate=1e-6, weight_decay=1e-2, max_grad_norm=1.0,
+                            num_minibatches=4, micro_batch_size=40, loss_type="grpo", loss_agg="token-mean",
+                            clip_low=0.2, clip_high=0.3, clip_dual=3.0, kl_coef=1e-2, kl_kind="k3", warmup_steps=0,
+                            optimizer_precision="kahan", remat="full", logits_chunk=128)  # fmt: skip
+    c.reward = run_section(RewardSpec, name="math", num_workers=16, timeout_s=5.0)
     c.stages = dict(
         perception=stage({"perception": 1}, 512, 16, ALL_PARAMETERS),
         text_reasoning=stage({"text_reasoning": 1}, 512, 15, VISION_FROZEN),
@@ -73,10 +107,17 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
     return c
 
 
-def merged(config: ConfigDict, names: tuple[str, ...] = CAPABILITY_STAGES, **overrides) -> ConfigDict:
-    """``config`` with ``names`` replaced by the paper's merged baseline: one stage over their union, shuffled,
-    same total steps, vision tower frozen (unless ``overrides`` say otherwise)."""
-    config.stages.merged = curriculum.merged(config.stages, names, **{"trainable": VISION_FROZEN, **overrides})
+# The paper's merged baseline and one-run curricula: 15 epochs over the union of the three sets.
+MERGED_EPOCHS = 15
+
+
+def merged(
+    config: ConfigDict, names: tuple[str, ...] = CAPABILITY_STAGES, epochs: int = MERGED_EPOCHS, **overrides
+) -> ConfigDict:
+    """``config`` with ``names`` replaced by the paper's merged baseline: one stage of ``epochs`` epochs over their
+    union, reshuffled every epoch, vision tower frozen (unless ``overrides`` say otherwise; ``order`` gives the
+    difficulty curricula)."""
+    config.stages.merged = curriculum.merged(config.stages, names, epochs, **{"trainable": VISION_FROZEN, **overrides})
     prefix = tuple(name for name in config.schedule if name not in names)
     config.schedule = (*prefix, "merged")
     return config
@@ -106,9 +147,9 @@ def demo() -> ConfigDict:
     c.data.min_pixels, c.data.max_pixels = 56 * 56, 56 * 56
     c.data.worker_threads = 0
     c.engine = dict(new_token_buckets=(16,), batch_buckets=(8, 16, 32, 64))
-    c.rollout = dict(n=8, max_new_tokens=16, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo")
+    c.rollout.update(n=8, max_new_tokens=16)
     c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2, remat="none")
-    c.reward = dict(name="math", num_workers=1, timeout_s=5.0)
+    c.reward.num_workers = 1
     c.stages = dict(
         warm_start=stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 3, ALL_PARAMETERS,
                           kind="sft", response_template="<think> </think> \\boxed{{{answer}}}"),
@@ -116,7 +157,7 @@ def demo() -> ConfigDict:
         text_reasoning=stage({"text_reasoning": 1}, 8, 1, VISION_FROZEN),
         visual_reasoning=stage({"visual_reasoning": 1}, 8, 1, ALL_PARAMETERS),
     )  # fmt: skip
-    c.stages.warm_start.learner = dict(learning_rate=2e-3)
+    c.stages.warm_start.learner.learning_rate = 2e-3
     c.schedule = ("warm_start", *CAPABILITY_STAGES)
     c.eval = dict(
         sources={f"heldout_{capability}": dict(path=f"{{workdir}}/data/eval/{capability}.jsonl",

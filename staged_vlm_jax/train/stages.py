@@ -29,7 +29,6 @@ import tqdm
 from flax import nnx
 
 from staged_vlm_jax import models
-from staged_vlm_jax.data.images import SETTINGS
 from staged_vlm_jax.data.pipeline import DataSource, PipelineConfig, PromptIterator, prompt_pipeline
 from staged_vlm_jax.models.sharding import make_mesh
 from staged_vlm_jax.paths import PathLike, as_path
@@ -92,11 +91,7 @@ class StagedRun:
         self.mesh = make_mesh(dict(self.spec.mesh))
         self.rules = self.spec.rules()
         self.engine = RolloutEngine(self.spec.engine_config(), self.mesh, self.rules)
-        self.image_settings = dataclasses.replace(
-            SETTINGS[self.spec.model.family],
-            min_pixels=self.spec.data.min_pixels,
-            max_pixels=self.spec.data.max_pixels,
-        )
+        self.images = self.spec.image_inputs()
         self.plan = plan_stages(self.spec)
         self.checkpointer = Checkpointer(
             self.workdir / "checkpoints",
@@ -142,7 +137,7 @@ class StagedRun:
             PipelineConfig(
                 sources=tuple(sources), batch_size=batch_size, seed=seed, shard_index=0, shard_count=1,
                 prompt_buckets=data.prompt_buckets, max_prompt_length=data.max_prompt_length,
-                image_settings=self.image_settings, on_error=data.on_error, worker_threads=data.worker_threads,
+                images=self.images, on_error=data.on_error, worker_threads=data.worker_threads,
                 **options,
             ),
             self.tokenizer,
@@ -213,7 +208,7 @@ class StagedRun:
         (a mid-stage checkpoint's meta) the optimizer, KL reference and data position it recorded."""
         stage = plan.spec
         learner = Learner(model, self.spec.stage_learner(plan.name), self.mesh, self.rules)
-        sources = [data_source(self.spec, source, repeat) for source, repeat in stage.data.items()]
+        sources = [data_source(self.spec, source, stage.data[source]) for source in stage.sources()]
         prompts = self._prompts(sources, stage.batch_size, self.spec.seed + 1000 * (plan.index + 1),
                                 num_epochs=None, order=stage.order, drop_solved=stage.drop_solved)  # fmt: skip
         if resume is None:

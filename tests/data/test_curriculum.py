@@ -1,5 +1,6 @@
-"""Row orders of a stage: difficulty sorting (pass_rate descending, seeded ties), dropping solved rows, per-source
-repeats (the merged layout) — checked on the Examples the pipeline draws."""
+"""Epochs and row orders of a stage: every epoch reshuffled and cut to whole batches (EasyR1's drop_last),
+difficulty sorting (pass_rate descending, seeded ties; per source), dropping solved rows, per-source repeats —
+checked on the Examples the pipeline draws."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def _rows(path: Path, rates: list[float | None]) -> DataSource:
     return DataSource(path, "text_reasoning")
 
 
-def _drawn(*sources: DataSource, count: int | None = None, **options) -> list:
-    config = PipelineConfig(tuple(sources), batch_size=1, prompt_buckets=(64,), max_prompt_length=64,
+def _drawn(*sources: DataSource, count: int | None = None, batch_size: int = 1, **options) -> list:
+    config = PipelineConfig(tuple(sources), batch_size=batch_size, prompt_buckets=(64,), max_prompt_length=64,
                             shard_index=0, shard_count=1, **options)  # fmt: skip
     read = [ExampleSource.read(s, on_error="raise", skipped=SkipCounter(), verify_images=False) for s in sources]
     dataset = example_dataset(config, read)
@@ -49,6 +50,32 @@ def test_difficulty_order_is_easiest_first_with_seeded_ties(tmp_path: Path) -> N
     # Every epoch repeats the same easy-to-hard pass.
     two_epochs = _drawn(source, order="difficulty", seed=0, num_epochs=2)
     assert [e.id for e in two_epochs] == [e.id for e in first] * 2
+
+
+def test_every_epoch_is_a_new_shuffle_cut_to_whole_batches(tmp_path: Path) -> None:
+    """10 rows at batch 4: each epoch is 8 distinct rows (2 batches; its last 2 rows dropped), a new permutation
+    every epoch (EasyR1's RandomSampler with drop_last), the same for the same seed; endless with num_epochs None."""
+    source = _rows(tmp_path / "rows.jsonl", RATES)
+    drawn = _drawn(source, batch_size=4, num_epochs=3, seed=5)
+    assert len(drawn) == 3 * 8
+    epochs = [[example.id for example in drawn[8 * e : 8 * e + 8]] for e in range(3)]
+    assert all(len(set(ids)) == 8 for ids in epochs)
+    assert len({tuple(ids) for ids in epochs}) == 3
+    assert [example.id for example in _drawn(source, batch_size=4, num_epochs=3, seed=5)] == sum(epochs, [])
+    endless = _drawn(source, batch_size=4, num_epochs=None, seed=5, count=24)
+    assert [example.id for example in endless] == sum(epochs, [])
+    assert [e.id for e in _drawn(source, batch_size=4, num_epochs=3, seed=6)] != sum(epochs, [])
+
+
+def test_difficulty_per_source_sorts_each_source_in_turn(tmp_path: Path) -> None:
+    """The paper's capability x difficulty file: source blocks in the given order, each easiest first, every pass
+    the same."""
+    a = _rows(tmp_path / "a.jsonl", [0.25, 0.75, 0.5])
+    b = _rows(tmp_path / "b.jsonl", [0.0, 1.0, 0.5, 0.75])
+    drawn = _drawn(b, a, order="difficulty_per_source", num_epochs=2)
+    blocks = [(Path(example.location.file).stem, example.pass_rate) for example in drawn[:7]]
+    assert blocks == [("b", 1.0), ("b", 0.75), ("b", 0.5), ("b", 0.0), ("a", 0.75), ("a", 0.5), ("a", 0.25)]
+    assert [e.id for e in drawn[7:]] == [e.id for e in drawn[:7]]
 
 
 @pytest.mark.parametrize("order", ["difficulty", "shuffle"])

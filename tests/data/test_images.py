@@ -9,13 +9,16 @@ torchvision makes for uint8 images on CPU) and its normalisation against the sam
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from staged_vlm_jax.data import images
+from staged_vlm_jax.data.schema import DataError, ImageRef
 
 SETTINGS = {"qwen2_5_vl": images.QWEN2_VL, "qwen3_vl": images.QWEN3_VL}
 # Hub preprocessor_config.json of Qwen2.5-VL-7B-Instruct and Qwen3-VL-8B-Instruct (trimmed to what matters).
@@ -303,3 +306,61 @@ def test_aspect_ratio_over_200_is_rejected_like_hf(pil_processor_cls):
 def test_invalid_input_raises_value_error(image, kwargs, message):
     with pytest.raises(ValueError, match=message):
         images.qwen_preprocess(image, **kwargs)
+
+
+def easyr1_process_image(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """The oracle: EasyR1's ``ImageProcessMixin.process_image`` (verl/utils/dataset.py), re-implemented."""
+    if (image.width * image.height) > max_pixels:
+        resize_factor = math.sqrt(max_pixels / (image.width * image.height))
+        width, height = int(image.width * resize_factor), int(image.height * resize_factor)
+        image = image.resize((width, height))
+    if (image.width * image.height) < min_pixels:
+        resize_factor = math.sqrt(min_pixels / (image.width * image.height))
+        width, height = int(image.width * resize_factor), int(image.height * resize_factor)
+        image = image.resize((width, height))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+PAPER_PIXELS = (512 * 512, 2048 * 2048)
+# (height, width, PIL mode): under, inside and over the paper's [512², 2048²], in the modes data sets hold.
+EASYR1_CASES = {
+    "under_200x300": (200, 300, "RGB"),
+    "inside_600x700": (600, 700, "RGB"),
+    "over_2100x2050": (2100, 2050, "RGB"),
+    "under_palette": (150, 220, "P"),
+    "under_grey": (90, 100, "L"),
+    "over_rgba": (2060, 2100, "RGBA"),
+}
+
+
+@pytest.mark.parametrize("case", EASYR1_CASES)
+def test_the_easyr1_image_path_is_easyr1_then_the_hf_processor(pil_processor_cls, case):
+    """``data.image_resize="easyr1"``: the decoded file pre-resized as EasyR1 does, in its own mode, then the
+    checkpoint's processor (hub limits): bit-identical to EasyR1's function followed by transformers'."""
+    height, width, mode = EASYR1_CASES[case]
+    original = Image.fromarray(random_image(height, width, 4, seed=height + width)).convert(mode)
+    encoded = io.BytesIO()
+    original.save(encoded, format="PNG")
+    ref = ImageRef(encoded.getvalue(), "rows.jsonl:1", "images[0]", "x.png")
+    inputs = images.IMAGE_RESIZES["easyr1"](images.QWEN2_VL, *PAPER_PIXELS, "pil")
+    pixels, grid = inputs.preprocess(ref.load(inputs.pre_resize))
+    with Image.open(io.BytesIO(encoded.getvalue())) as decoded:
+        expected = easyr1_process_image(decoded, *PAPER_PIXELS)
+        ref_pixels, ref_grid = hf_output(pil_processor_cls(**kwargs_for(images.QWEN2_VL)), expected)
+    np.testing.assert_array_equal(grid, ref_grid)
+    np.testing.assert_array_equal(pixels, ref_pixels)
+    if case == "under_200x300":  # (h x w) 418x627 by EasyR1, then 420x616; the processor alone makes it 420x644
+        np.testing.assert_array_equal(grid, [1, 420 // 14, 616 // 14])
+        direct = images.IMAGE_RESIZES["processor"](images.QWEN2_VL, *PAPER_PIXELS, "pil")
+        np.testing.assert_array_equal(direct.preprocess(ref.load(direct.pre_resize))[1], [1, 420 // 14, 644 // 14])
+
+
+def test_an_image_the_pre_resize_collapses_is_a_data_error():
+    encoded = io.BytesIO()
+    Image.fromarray(random_image(1, 199)).save(encoded, format="PNG")  # 199 px, scaled down to 1 x 0
+    ref = ImageRef(encoded.getvalue(), "rows.jsonl:4", "images[0]", "thin.png")
+    with pytest.raises(DataError, match=r"^rows.jsonl:4: images\[0\]: cannot resize image 'thin.png' \(199x1\)") as e:
+        ref.load((1, 100))
+    assert e.value.reason == "unprocessable_image"

@@ -131,7 +131,7 @@ def test_mixture_follows_weights_and_is_deterministic(data):
 
 def test_overlong_prompts_are_dropped_and_counted(data):
     cfg = config(data["perception"], data["text"], batch_size=1, num_epochs=1)
-    builder = PromptBuilder(data["tokenizer"], cfg.image_settings, "raise")
+    builder = PromptBuilder(data["tokenizer"], cfg.images, "raise")
     sources = [ExampleSource.read(s, on_error="raise", skipped=SkipCounter(), verify_images=False) for s in cfg.sources]
     lengths = sorted(len(builder(source[i]).input_ids) for source in sources for i in range(len(source)))
     limit = lengths[len(lengths) // 2]

@@ -1,29 +1,34 @@
-"""Run configs: every shipped config builds and resolves, typos are named, staged and merged layouts of the same
-data plan the same number of optimizer steps, and resumes compare configs key by key."""
+"""Run configs: every shipped config builds and resolves, typos are named, staged and merged layouts plan the
+paper's step counts (EasyR1's per-epoch drop_last), and resumes compare configs key by key."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from staged_vlm_jax.cli import load_config
+from staged_vlm_jax.data import images
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.models.sharding import DEFAULT_RULES
 from staged_vlm_jax.rl.learner import batch_split_error
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import recipes
 from staged_vlm_jax.train.kinds import STAGE_KINDS
-from staged_vlm_jax.train.plan import plan_stages
+from staged_vlm_jax.train.plan import plan_stages, stage_steps
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.py"))
+REPO = Path(__file__).parents[2]
+CONFIGS_DIR = REPO / "configs"
+CONFIGS = sorted(CONFIGS_DIR.rglob("*.py"))
 
 
 def test_configs_are_found() -> None:
     names = {path.stem for path in CONFIGS}
     assert {"demo", "demo_merged", "qwen2_5_vl_7b_staged", "qwen2_5_vl_7b_merged", "reverse_321",
             "perception_then_visual", "text_then_visual", "caption_sft", "difficulty",
-            "capability_x_difficulty"} <= names  # fmt: skip
+            "capability_x_difficulty", "capability_x_difficulty_staged"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
@@ -83,8 +88,17 @@ def test_a_batch_that_does_not_split_is_refused_before_training(tmp_path: Path) 
 
 
 def test_override_typos_are_named() -> None:
-    with pytest.raises(config_lib.ConfigKeyError, match=r"--config\.rollout\.nn=8: unknown config key 'nn'"):
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.rollout\.nn: unknown config key; did you mean "
+                       r"config\.rollout\.n\?$"):  # fmt: skip
         load_config("configs/demo.py", ["--config.rollout.nn=8"])
+    with pytest.raises(
+        config_lib.ConfigKeyError,
+        match=r"^config\.stages\.perception\.learner\.learnig_rate: "
+        r"unknown config key; did you mean config\.stages\.perception\.learner\.learning_rate\?$",
+    ):
+        load_config("configs/demo.py", ["--config.rollout.n=3", "--config.stages.perception.learner.learnig_rate=1"])
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^--config\.seed\.x=1: config\.seed is a value, not a "):
+        load_config("configs/demo.py", ["--config.seed.x=1"])
     with pytest.raises(config_lib.ConfigKeyError, match="unknown arguments"):
         load_config("configs/demo.py", ["--rollout.n=8"])
     assert load_config("configs/demo.py", ["--config.rollout.n=3"]).rollout.n == 3
@@ -107,27 +121,123 @@ def _with_synthetic_data(config, workdir: Path, rows: dict[str, int]):
     return config
 
 
-@pytest.mark.parametrize("epochs", [(2, 3, 1), (1, 1, 1)])
-def test_staged_and_merged_plan_the_same_number_of_steps(tmp_path: Path, epochs) -> None:
+PAPER_ROWS = {"perception": 3300, "text_reasoning": 12900, "visual_reasoning": 15900}
+
+
+def test_the_paper_recipe_plans_the_papers_step_counts(tmp_path: Path) -> None:
+    """EasyR1 drops each epoch's last partial batch: epochs · ⌊rows / 512⌋ — 96 / 375 / 465 staged, and the merged
+    baseline's 15 epochs over the union 930 (not 936: the paper's merged run is not step-matched)."""
+    staged = config_lib.resolve(recipes.paper("/m"), tmp_path)
+    assert [stage_steps(staged.stages[name], PAPER_ROWS) for name in staged.schedule] == [96, 375, 465]
+    merged = config_lib.resolve(recipes.merged(recipes.paper("/m")), tmp_path)
+    assert merged.schedule == ("merged",)
+    assert stage_steps(merged.stages["merged"], PAPER_ROWS) == 930
+    difficulty = config_lib.resolve(load_config(str(CONFIGS_DIR / "ablations" / "difficulty.py"), []), tmp_path)
+    assert stage_steps(difficulty.stages["merged"], PAPER_ROWS) == 930
+
+
+def test_merged_is_epochs_over_the_union_in_stage_order(tmp_path: Path) -> None:
     rows = {"perception": 37, "text_reasoning": 29, "visual_reasoning": 21}
     staged = _with_synthetic_data(recipes.paper("/m"), tmp_path, rows)
     staged.learner.micro_batch_size = 10  # 8 prompts × n = 5 in 4 mini-batches
-    for name, count in zip(recipes.CAPABILITY_STAGES, epochs, strict=True):
-        staged.stages[name].epochs = count
+    for name in recipes.CAPABILITY_STAGES:
         staged.stages[name].batch_size = 8
-    merged = recipes.merged(staged.copy_and_resolve_references())
-    staged_plan = plan_stages(config_lib.resolve(staged, tmp_path))
-    merged_plan = plan_stages(config_lib.resolve(merged, tmp_path))
-    assert [plan.steps for plan in staged_plan] == [
-        epoch * count // 8 for epoch, count in zip(epochs, rows.values(), strict=True)
-    ]
-    assert [plan.name for plan in merged_plan] == ["merged"]
-    assert sum(plan.steps for plan in merged_plan) == sum(plan.steps for plan in staged_plan)
-    assert merged.stages.merged.data.to_dict() == dict(zip(rows, epochs, strict=True))
-    assert merged.stages.merged.trainable == recipes.VISION_FROZEN
+    staged.stages.visual_reasoning.data = {"visual_reasoning": 2}  # a source repeated twice per epoch
+    merged = recipes.merged(staged.copy_and_resolve_references(), ("visual_reasoning", "perception"), epochs=3)
+    stage = merged.stages.merged
+    assert stage.data.to_dict() == {"visual_reasoning": 2, "perception": 1}
+    assert stage.source_order == ("visual_reasoning", "perception")  # the stages' order, whatever the names sort to
+    assert (stage.epochs, stage.order, stage.trainable) == (3, "shuffle", recipes.VISION_FROZEN)
+    assert merged.schedule == ("text_reasoning", "merged")
+    plans = plan_stages(config_lib.resolve(merged, tmp_path))
+    assert [(plan.name, plan.steps) for plan in plans] == [("text_reasoning", 15 * (29 // 8)),
+                                                           ("merged", 3 * ((2 * 21 + 37) // 8))]  # fmt: skip
 
 
-def test_merged_rejects_what_would_break_step_parity() -> None:
+def test_stage_order_settings_are_checked_at_start_up(tmp_path: Path) -> None:
+    config = recipes.paper("/m")
+    config.stages.perception.order = "hardest_first"
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.perception\.order: 'hardest_first' is "
+                       r"not one of \['difficulty', 'difficulty_per_source', 'shuffle'\]$"):  # fmt: skip
+        config_lib.resolve(config, tmp_path)
+    config = recipes.paper("/m")
+    config.stages.perception.source_order = ("text_reasoning",)
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.perception\.source_order: "):
+        config_lib.resolve(config, tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("image_resize", "bilinear", r"image_resize: 'bilinear' is not one of \['easyr1', 'processor'\]$"),
+    ("image_backend", "cv2", r"image_backend: 'cv2' is not one of \['auto', 'pil', 'torchvision'\]$"),
+    ("on_error", "ignore", r"on_error: 'ignore' is not one of \['raise', 'skip'\]$"),
+    ("min_pixels", 0, r"min_pixels \(0\) and max_pixels \(4194304\) must be positive with min_pixels <= max_pixels$"),
+])  # fmt: skip
+def test_data_settings_are_checked_at_start_up(tmp_path: Path, key: str, value, message: str) -> None:
+    config = recipes.paper("/m")
+    config.data[key] = value
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.data\." + message):
+        config_lib.resolve(config, tmp_path)
+
+
+def test_the_image_path_follows_the_data_settings(tmp_path: Path) -> None:
+    """The paper's images go through EasyR1's pre-resize into [512², 2048²], then the checkpoint's processor (hub
+    limits); "processor" puts the limits on the processor instead; the backend is the one configured."""
+    config = recipes.paper("/m")
+    paper = (512 * 512, 2048 * 2048)
+    assert config_lib.resolve(config, tmp_path).image_inputs() == images.ImageInputs(images.QWEN2_VL, "pil", paper)
+    config.data.update(image_resize="processor", image_backend="torchvision")
+    direct = images.ImageInputs(dataclasses.replace(images.QWEN2_VL, min_pixels=paper[0], max_pixels=paper[1]),
+                                "torchvision")  # fmt: skip
+    assert config_lib.resolve(config, tmp_path).image_inputs() == direct
+
+
+OVERRIDE = re.compile(r"--config\.[\w.]+=[^\s`'\"]+")
+README_OVERRIDES = sorted({match for doc in ("README.md", "launch/README.md")
+                           for match in OVERRIDE.findall((REPO / doc).read_text())})  # fmt: skip
+
+
+def test_the_docs_override_lines_load_and_take_effect(tmp_path: Path) -> None:
+    """Every ``--config.x=y`` the README and launch/README show, on the paper's config: accepted, and its value is
+    the resolved one (a stage's learner override reaches that stage's learner only)."""
+    assert "--config.stages.text_reasoning.learner.learning_rate=3e-7" in README_OVERRIDES
+    for override in README_OVERRIDES:
+        spec = config_lib.resolve(load_config(str(CONFIGS_DIR / "qwen2_5_vl_7b_staged.py"), [override]), tmp_path)
+        key, value = override.removeprefix("--config.").split("=")
+        *parents, leaf = key.split(".")
+        if parents[:1] == ["stages"] and parents[2:] == ["learner"]:
+            resolved = getattr(spec.stage_learner(parents[1]), leaf)
+            assert spec.stage_learner("perception").learning_rate == 1e-6
+        else:
+            resolved = spec
+            for name in (*parents, leaf):
+                resolved = resolved[name] if isinstance(resolved, dict) else getattr(resolved, name)
+        assert str(resolved) == value or resolved == type(resolved)(value), override
+
+
+def test_every_learner_rollout_and_reward_key_can_be_set_per_stage(tmp_path: Path) -> None:
+    overrides = ["--config.stages.merged.learner.kl_coef=0.0", "--config.stages.merged.rollout.overlong_buffer=64",
+                 "--config.stages.merged.reward.timeout_s=9.0", "--config.learner.share_prompts=False"]  # fmt: skip
+    spec = config_lib.resolve(load_config(str(CONFIGS_DIR / "qwen2_5_vl_7b_merged.py"), overrides), tmp_path)
+    learner, rollout = spec.stage_learner("merged"), spec.stage_rollout("merged")
+    assert (learner.kl_coef, learner.learning_rate, learner.share_prompts) == (0.0, 1e-6, False)
+    assert (rollout.overlong_buffer, rollout.n, spec.stage_reward("merged").timeout_s) == (64, 5, 9.0)
+    with pytest.raises(config_lib.ConfigKeyError, match="config.stages.merged.learner.learning_rate"):
+        load_config(str(CONFIGS_DIR / "qwen2_5_vl_7b_merged.py"), ["--config.stages.merged.learner.learning_rate=x"])
+
+
+def test_trainable_is_a_stage_setting(tmp_path: Path) -> None:
+    config = recipes.paper("/m")
+    config.learner.trainable = (r"^visual\.",)
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.learner\.trainable: each stage says what it "):
+        config_lib.resolve(config, tmp_path)
+    config = recipes.paper("/m")
+    config.stages.perception.learner.trainable = (r"^visual\.",)
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.perception\.learner\.trainable: set "
+                       r"config\.stages\.perception\.trainable instead$"):  # fmt: skip
+        config_lib.resolve(config, tmp_path)
+
+
+def test_merged_rejects_what_it_cannot_merge() -> None:
     config = recipes.paper("/m")
     config.stages.text_reasoning.batch_size = 256
     with pytest.raises(ValueError, match="batch_size"):

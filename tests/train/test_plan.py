@@ -37,7 +37,9 @@ def test_the_stage_table_counts_the_data_as_training_does(tmp_path, capsys):
     write_synthetic_data(spec, tmp_path)
     expected = [f"stage {p.name}: {p.steps} steps" for p in plan.plan_stages(spec)]
     assert [line.split(" (")[0] for line in lines] == expected
-    assert re.fullmatch(r"stage perception: \d+ steps \(\d+ rows x 1 epochs, batch 8\)", lines[1]), lines
+    match = re.fullmatch(r"stage perception: (\d+) steps \(1 epochs x (\d+) batches of 8; (\d+) rows per epoch, the "
+                         r"last partial batch dropped\)", lines[1])  # fmt: skip
+    assert match and int(match[1]) == int(match[2]) == int(match[3]) // 8, lines
 
 
 def test_data_files_that_are_not_there_are_named(capsys):
@@ -69,7 +71,8 @@ def test_the_paper_recipe_is_sized_on_h100x8_and_the_verdict_follows_the_memory(
     model = _reduced_7b(tmp_path / "qwen2_5_vl_7b_2_layers")
     # Shorter sequences than the recipe's 2048 + 2048 keep this CPU test's compile small; the shapes still are 7B's.
     overrides = [f"--config.model.path={model}", "--config.rollout.max_new_tokens=256", "--config.learner.remat=full",
-                 "--config.data.max_prompt_length=512", "--config.data.max_pixels=200704"]  # fmt: skip
+                 "--config.data.max_prompt_length=512", "--config.data.min_pixels=50176",
+                 "--config.data.max_pixels=200704"]  # fmt: skip
     status, lines = _plan(capsys, "--config", PAPER, "--topology", "h100-80gb:8", *overrides)
     assert lines[3].startswith("topology h100-80gb:8: 8 devices of 79.6 GiB, mesh {'data': 1, 'fsdp': 8, 'tensor': 1}")
     programs = [line for line in lines if line.startswith(("perception ", "text_reasoning ", "visual_reasoning "))]
