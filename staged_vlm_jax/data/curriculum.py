@@ -9,8 +9,9 @@ Two levels, both data (DESIGN Principle 1):
 * Row orders (`ORDERS`, chosen by a stage's ``order``), each a pure function of (sources, seed, epoch):
   ``shuffle`` (a seeded permutation, redrawn every epoch: EasyR1's RandomSampler), ``difficulty`` (easiest first:
   pass_rate descending, ties in a seeded random order; the same pass every epoch, as the paper's pass_rate-sorted
-  file with ``data.shuffle=false``) and ``difficulty_per_source`` (the sources one after the other, each sorted
-  easiest first: the paper's capability × difficulty file). ``drop_solved`` first drops rows with pass_rate 1.
+  file with ``data.shuffle=false``), ``difficulty_per_source`` (the sources one after the other, each sorted
+  easiest first: the paper's capability × difficulty file) and ``sequential`` (the sources one after the other in
+  file order: the capability-only curriculum). ``drop_solved`` first drops rows with pass_rate 1.
 * Stage layouts (`staged`, `merged`): functions of a config's stage table that return the schedule and stages a
   run executes. ``staged(stages, ("perception", "text_reasoning", "visual_reasoning"))`` runs them in that order
   (any order or subset: 3→2→1, 1→3, 2→3); ``merged(stages, names, epochs)`` replaces them by one stage of
@@ -89,8 +90,14 @@ def by_difficulty_per_source(sources: Sequence[grain.MapDataset], seed: int, epo
                            for index, (offset, rows) in enumerate(zip(offsets, sources, strict=True))])  # fmt: skip
 
 
+def in_file_order(sources: Sequence[grain.MapDataset], seed: int, epoch: int) -> np.ndarray:
+    """The sources one after the other, each in its file's order (EasyR1 with ``data.shuffle=false``)."""
+    return np.arange(sum(map(len, sources)))
+
+
 ORDERS: dict[str, Callable[[Sequence[grain.MapDataset], int, int], np.ndarray]] = {
     "shuffle": shuffled,
+    "sequential": in_file_order,
     "difficulty": by_difficulty,
     "difficulty_per_source": by_difficulty_per_source,
 }

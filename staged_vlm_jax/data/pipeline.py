@@ -51,14 +51,15 @@ from staged_vlm_jax.paths import PathLike
 class DataSource:
     """One data file of a capability; image paths in it are relative to ``image_root`` (default: its folder).
 
-    ``repeat``: how many times each row appears per epoch when sources are concatenated (a merged run gives each
-    source its stage's epoch count, so it sees the same data as the staged run).
+    ``repeat``: how many times each row appears per epoch when sources are concatenated. ``append_format`` False:
+    its prompts get no think/boxed instruction (`Example.append_format`).
     """
 
     path: PathLike
     capability: str
     image_root: PathLike | None = None
     repeat: int = 1
+    append_format: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,8 @@ class ExampleSource:
             skipped=skipped,
             verify_images=verify_images,
         )
+        if not source.append_format:
+            rows = (dataclasses.replace(example, append_format=False) for example in rows)
         return cls(list(rows), str(source.path))
 
     def __len__(self) -> int:
@@ -257,7 +260,12 @@ class PromptBuilder:
             return SkippedRow(error.where, error.field, str(error).removeprefix(prefix), error.reason)
         grids = np.array([grid for _, grid in images], dtype=np.int64).reshape(-1, 3)
         ids = build_prompt(
-            self.tokenizer, example.problem, grids, merge_size=self.images.settings.merge_size, problem_id=example.id
+            self.tokenizer,
+            example.problem,
+            grids,
+            merge_size=self.images.settings.merge_size,
+            problem_id=example.id,
+            append_format=example.append_format,
         )
         pixel_values = np.concatenate([pixels for pixels, _ in images]) if images else None
         return Prompt(example.id, np.asarray(ids, np.int32), example.answer, pixel_values, grids)

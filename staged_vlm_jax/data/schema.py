@@ -125,7 +125,8 @@ class Example:
     number is rejected rather than guessed at: ``7`` vs ``"7.0"`` vs ``"7"`` grade differently);
     ``problem.count("<image>") == len(images)`` (EasyR1's rule, see the module docstring); ``pass_rate`` is None
     or a finite number in [0, 1]. ``location`` (not part of equality) is where the row was read from; errors
-    name it, or the id when there is none.
+    name it, or the id when there is none. ``append_format`` False keeps the prompt free of the think/boxed
+    instruction (a caption-SFT source's prompts are the paper's bare caption request).
     """
 
     id: str
@@ -134,6 +135,7 @@ class Example:
     images: tuple[ImageRef, ...]
     capability: str
     pass_rate: float | None = None
+    append_format: bool = True
     location: RowLocation | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:

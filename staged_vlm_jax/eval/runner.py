@@ -1,4 +1,5 @@
-"""Greedy evaluation of a model over a stream of prompt batches (held-out sets of a run, benchmark suites).
+"""Evaluation of a model over a stream of prompt batches (held-out sets of a run, benchmark suites): greedy, or
+sampled as the paper's validation (temperature 0.6, top-p 0.95, one response per prompt).
 
 Generation goes through the same `RolloutEngine` as training (greedy, one sample per prompt), so what is
 evaluated is exactly what the policy samples at temperature 0; scoring goes through the same reward functions.
@@ -27,16 +28,22 @@ def evaluate(
     max_new_tokens: int,
     eos_token_ids: Sequence[int],
     pad_token_id: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    rng: jax.Array | None = None,
 ) -> dict[str, float]:
     """Mean score components (``accuracy``, ``format``, ``overall``, as fractions), mean ``response_length`` in
-    tokens and the number of ``examples`` over every prompt of ``batches``."""
+    tokens and the number of ``examples`` over every prompt of ``batches``; one response per prompt, greedy at
+    ``temperature`` 0, else sampled (``top_p``) from ``rng`` (a batch's key folded in from its index)."""
     totals: dict[str, float] = {}
     lengths: list[np.ndarray] = []
-    for prompts in batches:
+    rng = jax.random.key(0) if rng is None else rng
+    for index, prompts in enumerate(batches):
         out = engine.generate(
             model, prompts.input_ids, prompts.attention_mask, pixel_values=prompts.pixel_values,
-            image_grid_thw=prompts.image_grid_thw, max_new_tokens=max_new_tokens, greedy=True,
-            eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, rng=jax.random.key(0),
+            image_grid_thw=prompts.image_grid_thw, max_new_tokens=max_new_tokens, greedy=temperature == 0,
+            temperature=temperature or 1.0, top_p=top_p, eos_token_ids=tuple(eos_token_ids),
+            pad_token_id=pad_token_id, rng=jax.random.fold_in(rng, index),
         )  # fmt: skip
         tokens, row_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         responses = [decode(row[: int(length)].tolist()) for row, length in zip(tokens, row_lengths, strict=True)]

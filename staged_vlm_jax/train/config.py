@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -44,11 +45,13 @@ class ConfigKeyError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    """A data file: ``path`` (jsonl/json/parquet/tsv/array_record dir), its capability, and the images' root."""
+    """A data file: ``path`` (jsonl/json/parquet/tsv/array_record dir), its capability, and the images' root;
+    ``append_format`` False leaves its prompts without the think/boxed instruction (caption SFT)."""
 
     path: str
     capability: str
     image_root: str = ""
+    append_format: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,12 +135,17 @@ class StageSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
-    """Held-out sets evaluated greedily before training (``before_training``) and after each stage."""
+    """Held-out sets evaluated before training (``before_training``), after each stage and, with ``every_steps``
+    K > 0, every K global steps within stages (validation, as the paper's geometry3k runs): greedy at
+    ``temperature`` 0, else one sample per prompt at that temperature and ``top_p``."""
 
     sources: dict[str, SourceSpec] = dataclasses.field(default_factory=dict)
     batch_size: int = 16
     max_new_tokens: int = 0  # 0: the run's rollout.max_new_tokens
     before_training: bool = True
+    every_steps: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +192,23 @@ class RunSpec:
     def engine_config(self) -> EngineConfig:
         """The rollout engine's config, its prompt buckets the data's (one bucket list for the whole run)."""
         return dataclasses.replace(self.engine, prompt_buckets=self.data.prompt_buckets)
+
+    def input_paths(self) -> list[tuple[str, str]]:
+        """(config key, path) of everything the run reads: the model directory's config.json, the tokenizer
+        directory, the scheduled stages' data files and images' roots, and the evaluation sets."""
+        used = {source for name in self.schedule for source in self.stages[name].data}
+        paths = []
+        if self.model.path:
+            paths.append(("config.model.path", os.path.join(self.model.path, "config.json")))
+        if self.model.tokenizer not in ("", "tiny"):
+            paths.append(("config.model.tokenizer", self.model.tokenizer))
+        for section, sources in (("data", {k: v for k, v in self.data.sources.items() if k in used}),
+                                 ("eval", self.eval.sources)):  # fmt: skip
+            for name, source in sources.items():
+                paths.append((f"config.{section}.sources.{name}.path", source.path))
+                if source.image_root:
+                    paths.append((f"config.{section}.sources.{name}.image_root", source.image_root))
+        return paths
 
     def image_inputs(self) -> ImageInputs:
         """How the run's images become model inputs: the model family's processor, ``data.image_resize`` deciding
@@ -306,12 +331,22 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
         if stage.batch_size < 1 or stage.epochs < 1 or stage.steps < 0:
             raise ConfigKeyError(f"{where}: batch_size and epochs must be >= 1 and steps >= 0")
         # Overrides are checked now, not when the stage starts hours later; so is the step's batch split.
-        learner, rollout, _ = spec.stage_learner(name), spec.stage_rollout(name), spec.stage_reward(name)
-        rows_per_prompt = STAGE_KINDS[stage.kind].rows_per_prompt(rollout)
+        learner, rollout, reward = spec.stage_learner(name), spec.stage_rollout(name), spec.stage_reward(name)
+        kind = STAGE_KINDS[stage.kind]
+        problems = kind.problems(rollout, reward.name)
+        if not (learner.learning_rate > 0 and math.isfinite(learner.learning_rate)):
+            problems.append(f"learner.learning_rate: {learner.learning_rate}; must be positive and finite")
+        if problems:  # the stage's value, from its own section or the run's
+            raise ConfigKeyError(f"{where}: {problems[0]}")
+        rows_per_prompt = kind.rows_per_prompt(rollout)
         error = batch_split_error(learner, stage.batch_size * rows_per_prompt)
         if error:
             raise ConfigKeyError(f"{where}: {error} (batch_size {stage.batch_size} prompts"
                                  + (f" × rollout.n={rows_per_prompt})" if rows_per_prompt > 1 else ")"))  # fmt: skip
+    held_out = spec.eval
+    if held_out.every_steps < 0 or held_out.temperature < 0 or not 0 < held_out.top_p <= 1:
+        raise ConfigKeyError(f"config.eval: every_steps ({held_out.every_steps}) and temperature "
+                             f"({held_out.temperature}) must be >= 0, top_p ({held_out.top_p}) in (0, 1]")  # fmt: skip
     if spec.checkpoint.every_steps < 1 or spec.checkpoint.keep < 1:
         raise ConfigKeyError("config.checkpoint: every_steps and keep must be >= 1")
     return spec

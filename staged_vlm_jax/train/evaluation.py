@@ -1,5 +1,6 @@
-"""Held-out evaluation during a run: greedy generation on ``config.eval.sources`` before training and after each
-stage, kept in eval.jsonl and results.md (and in every checkpoint, so a resumed run reports the same history)."""
+"""Held-out evaluation during a run: generation on ``config.eval.sources`` before training, after each stage and
+every ``eval.every_steps`` steps, kept in eval.jsonl, results.md and (as ``val/<set>/<score>``) metrics.jsonl,
+and in every checkpoint, so a resumed run reports the same history."""
 
 from __future__ import annotations
 
@@ -34,22 +35,28 @@ class HeldOutEvaluation:
     def run(
         self, model: nnx.Module, after: str, stage_index: int, global_step: int, *, engine, score: Callable,
         decode: Callable, prompts: Callable[[str], Iterator], eos_token_ids, pad_token_id: int,
-    ) -> None:  # fmt: skip
-        """Scores ``model`` on every held-out set; ``prompts(set name)`` gives one pass over that set's batches."""
+    ) -> dict[str, float]:  # fmt: skip
+        """Scores ``model`` on every held-out set; ``prompts(set name)`` gives one pass over that set's batches.
+        Returns the scores as ``val/<set>/<score>`` metrics (none without sets). Sampling draws from the run's
+        seed and ``global_step``, so a resumed run evaluates exactly as the uninterrupted one."""
         spec = self.spec.eval
         if not spec.sources:
-            return
+            return {}
         max_new_tokens = spec.max_new_tokens or self.spec.rollout.max_new_tokens
+        rng = jax.random.fold_in(jax.random.key(self.spec.seed + 1), global_step)
         row: dict[str, Any] = {"after": after, "stage_index": stage_index, "global_step": global_step}
-        for name in spec.sources:
+        for index, name in enumerate(spec.sources):
             batches = prompts(name)
             row[name] = evaluate(
                 model, engine, batches, score, decode, max_new_tokens=max_new_tokens,
-                eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
+                eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, temperature=spec.temperature,
+                top_p=spec.top_p, rng=jax.random.fold_in(rng, index),
             )  # fmt: skip
             batches.close()
         self.rows.append(row)
         self._write()
+        return {f"val/{name}/{key}": value for name in spec.sources for key, value in row[name].items()
+                if key != "examples"}  # fmt: skip
 
     def _write(self) -> None:
         if jax.process_index() != 0:

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 import jax
 
 from staged_vlm_jax.data.batch import PromptBatch
+from staged_vlm_jax.rl.advantages import ADVANTAGES
 from staged_vlm_jax.rl.grpo import GRPOTrainer, RolloutConfig
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig
+from staged_vlm_jax.rl.rewards import REWARDS
 from staged_vlm_jax.rl.sft import SFTTrainer, sft_learner_config
 
 StepFunction = Callable[[jax.Array], dict[str, Any]]  # the step's rng -> its metrics
@@ -37,11 +39,27 @@ class StageRun(Protocol):
 class StageKind:
     """``learner_config``: the run's learner config for the stage -> the one this kind trains with;
     ``rows_per_prompt``: training rows per prompt given the stage's rollout config;
-    ``make_step``: (run, stage name, stage spec, rollout config, learner, prompt stream) -> the step function."""
+    ``make_step``: (run, stage name, stage spec, rollout config, learner, prompt stream) -> the step function;
+    ``problems``: (rollout config, reward name) -> what is wrong with them for this kind, as ``key: message``
+    lines (checked before training starts)."""
 
     learner_config: Callable[[LearnerConfig], LearnerConfig]
     rows_per_prompt: Callable[[RolloutConfig], int]
     make_step: Callable[[StageRun, str, Any, RolloutConfig, Learner, Iterator[PromptBatch]], StepFunction]
+    problems: Callable[[RolloutConfig, str], list[str]] = lambda rollout, reward: []
+
+
+def _grpo_problems(rollout: RolloutConfig, reward: str) -> list[str]:
+    """GRPO needs a registered reward and advantage estimator, and groups: every estimator compares a prompt's n
+    responses, so n = 1 gives zero advantages (no learning signal) forever."""
+    problems = []
+    if reward not in REWARDS:
+        problems.append(f"reward.name: {reward!r} is not one of {sorted(REWARDS)}")
+    if rollout.advantage not in ADVANTAGES:
+        problems.append(f"rollout.advantage: {rollout.advantage!r} is not one of {sorted(ADVANTAGES)}")
+    if rollout.n < 2:
+        problems.append(f"rollout.n: {rollout.n}; GRPO compares a prompt's n responses, so n must be >= 2")
+    return problems
 
 
 def _grpo_step(run: StageRun, name: str, stage, rollout: RolloutConfig, learner: Learner, prompts) -> StepFunction:
@@ -60,6 +78,6 @@ def _sft_step(run: StageRun, name: str, stage, rollout: RolloutConfig, learner: 
 
 STAGE_KINDS: dict[str, StageKind] = {
     "grpo": StageKind(learner_config=lambda config: config, rows_per_prompt=lambda rollout: rollout.n,
-                      make_step=_grpo_step),
+                      make_step=_grpo_step, problems=_grpo_problems),
     "sft": StageKind(learner_config=sft_learner_config, rows_per_prompt=lambda rollout: 1, make_step=_sft_step),
 }  # fmt: skip

@@ -58,7 +58,8 @@ class StagePlan:
 def data_source(spec: config_lib.RunSpec, name: str, repeat: int = 1) -> DataSource:
     """The pipeline source of a ``data.sources`` or ``eval.sources`` entry."""
     source = spec.data.sources.get(name) or spec.eval.sources[name]
-    return DataSource(source.path, source.capability, source.image_root or None, repeat=repeat)
+    return DataSource(source.path, source.capability, source.image_root or None, repeat=repeat,
+                      append_format=source.append_format)  # fmt: skip
 
 
 def count_rows(source: DataSource, verify_images: bool = True) -> int:

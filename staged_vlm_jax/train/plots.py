@@ -6,6 +6,8 @@ Meant for a quick look at a finished or running staged run without starting Tens
 
 from __future__ import annotations
 
+import fnmatch
+
 from etils import epath
 from matplotlib.figure import Figure
 
@@ -18,6 +20,7 @@ PLOTS: dict[str, tuple[str, ...]] = {
     "accuracy.png": ("reward/accuracy",),
     "response_length.png": ("response_length/mean",),
     "loss.png": ("loss",),
+    "validation.png": ("val/*/accuracy",),  # every held-out set's accuracy (eval.every_steps, stage ends)
 }
 
 
@@ -46,7 +49,8 @@ def plot_run(workdir: PathLike) -> list[epath.Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, keys in PLOTS.items():
-        curves = {key: [(r["global_step"], r[key]) for r in rows if key in r] for key in keys}
+        names = [key for pattern in keys for key in sorted({k for r in rows for k in r if fnmatch.fnmatch(k, pattern)})]
+        curves = {key: [(r["global_step"], r[key]) for r in rows if key in r] for key in names}
         curves = {key: points for key, points in curves.items() if points}
         if not curves:
             continue

@@ -99,9 +99,11 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
         visual_reasoning=stage({"visual_reasoning": 1}, 512, 15, ALL_PARAMETERS),
     )
     c.schedule = CAPABILITY_STAGES
-    # Held-out sets are optional here (the paper evaluates with VLMEvalKit afterwards): add data.sources-style
-    # entries, e.g. --config.eval.sources.geometry3k=..., to track them after each stage.
-    c.eval = dict(sources={}, batch_size=256, max_new_tokens=2048, before_training=False)
+    # Validation as the paper's runs: add held-out sets in a config file (c.eval.sources.geometry3k = dict(path=...,
+    # capability="visual_reasoning", image_root="")); they are scored at stage ends and every eval.every_steps
+    # steps, one sample per prompt at temperature 0.6, top-p 0.95 (the benchmarks are `staged-vlm eval`'s).
+    c.eval = dict(sources={}, batch_size=256, max_new_tokens=2048, before_training=False, every_steps=0,
+                  temperature=0.6, top_p=0.95)  # fmt: skip
     c.checkpoint = dict(every_steps=25, keep=2, async_save=True)
     c.compilation_cache = "{workdir}/jax_cache"
     return c
@@ -163,7 +165,7 @@ def demo() -> ConfigDict:
         sources={f"heldout_{capability}": dict(path=f"{{workdir}}/data/eval/{capability}.jsonl",
                                                capability=capability, image_root="")
                  for capability in CAPABILITY_STAGES},
-        batch_size=64, max_new_tokens=16, before_training=False,
+        batch_size=64, max_new_tokens=16, before_training=False, every_steps=0, temperature=0.0, top_p=1.0,
     )  # fmt: skip
     c.checkpoint = dict(every_steps=10, keep=2, async_save=True)
     return c

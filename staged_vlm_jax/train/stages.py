@@ -86,6 +86,7 @@ class StagedRun:
         self.config_hash = config_lib.config_hash(config)
         jax.config.update("jax_compilation_cache_dir", self.spec.compilation_cache)
         workdir_lib.write_synthetic_data(self.spec, self.workdir)
+        workdir_lib.check_inputs(self.spec)
         self.tokenizer = workdir_lib.tokenizer(self.spec, self.workdir)
         self.eos_token_ids = tuple(dict.fromkeys([self.tokenizer.eos_token_id, self.tokenizer.pad_token_id]))
         self.mesh = make_mesh(dict(self.spec.mesh))
@@ -226,7 +227,7 @@ class StagedRun:
         learner, prompts, start_step = start.learner, start.prompts, start.step
         step_fn = STAGE_KINDS[stage.kind].make_step(self, name, stage, self.spec.stage_rollout(name), learner, prompts)
         rollout_traces = self.engine.num_compilations
-        every = self.spec.checkpoint.every_steps
+        every, validate_every = self.spec.checkpoint.every_steps, self.spec.eval.every_steps
         with tqdm.tqdm(total=plan.steps, initial=start_step, desc=f"stage {plan.index + 1}/{len(self.plan)} {name}",
                        unit="step", dynamic_ncols=True) as progress:  # fmt: skip
             for stage_step in range(start_step + 1, plan.steps + 1):
@@ -237,14 +238,18 @@ class StagedRun:
                 # Programs traced in this stage by this process so far (a recompile shows as a rise mid-stage).
                 record["compile/rollout_traces"] = self.engine.num_compilations - rollout_traces
                 record["compile/train_traces"] = learner.num_compilations
+                # Evaluated before the step's record is written, so its scores are part of it (val/<set>/<score>).
+                if stage_step == plan.steps and stage.evaluate:
+                    record.update(self._evaluate(learner.model(), name, plan.index, global_step))
+                elif validate_every and global_step % validate_every == 0 and stage_step < plan.steps:
+                    record.update(self._evaluate(learner.model(), f"{name} step {stage_step}", plan.index,
+                                                 global_step))  # fmt: skip
                 metrics.write(record)
                 progress.update()
                 progress.set_postfix({k: f"{record[k]:.3f}" for k in ("reward/mean", "nll") if k in record})
                 if stage_step % every == 0 and stage_step < plan.steps:
                     self._save(global_step, learner, plan, stage_step, prompts, done=False)
         model = learner.model()
-        if stage.evaluate:
-            self._evaluate(model, name, plan.index, plan.last_global_step)
         self._save(plan.last_global_step, learner, plan, plan.steps, prompts, done=True)
         prompts.close()
         return model
@@ -257,9 +262,9 @@ class StagedRun:
         }  # fmt: skip
         self.checkpointer.save(global_step, learner, meta)
 
-    def _evaluate(self, model: nnx.Module, after: str, stage_index: int, global_step: int) -> None:
+    def _evaluate(self, model: nnx.Module, after: str, stage_index: int, global_step: int) -> dict[str, float]:
         batch_size = self.spec.eval.batch_size
-        self.evaluation.run(
+        return self.evaluation.run(
             model, after, stage_index, global_step, engine=self.engine, score=self.score_function(),
             decode=self.decode, eos_token_ids=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
             prompts=lambda name: self._prompts([data_source(self.spec, name)], batch_size, seed=0, num_epochs=1,

@@ -18,7 +18,7 @@ from staged_vlm_jax.data.schema import CAPABILITIES
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer
 from staged_vlm_jax.models.sharding import barrier
-from staged_vlm_jax.paths import move
+from staged_vlm_jax.paths import as_path, move
 from staged_vlm_jax.train import config as config_lib
 
 CONFIG_FILE = "config.json"
@@ -26,6 +26,14 @@ CONFIG_FILE = "config.json"
 
 class ConfigMismatchError(ValueError):
     """The workdir holds a run of another config; resuming it with this one would silently mix two runs."""
+
+
+def check_inputs(spec: config_lib.RunSpec) -> None:
+    """Every path the run reads exists (`RunSpec.input_paths`), checked before anything trains: a typo in an
+    evaluation set's path would otherwise surface after the first stage, and again on every rerun."""
+    for key, path in spec.input_paths():
+        if not as_path(path).exists():
+            raise config_lib.ConfigKeyError(f"{key}: {path} not found")
 
 
 def check_config(workdir: epath.Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:

@@ -67,7 +67,7 @@ def test_every_epoch_is_a_new_shuffle_cut_to_whole_batches(tmp_path: Path) -> No
     assert [e.id for e in _drawn(source, batch_size=4, num_epochs=3, seed=6)] != sum(epochs, [])
 
 
-def test_difficulty_per_source_sorts_each_source_in_turn(tmp_path: Path) -> None:
+def test_per_source_orders_keep_the_sources_in_turn(tmp_path: Path) -> None:
     """The paper's capability x difficulty file: source blocks in the given order, each easiest first, every pass
     the same."""
     a = _rows(tmp_path / "a.jsonl", [0.25, 0.75, 0.5])
@@ -76,6 +76,9 @@ def test_difficulty_per_source_sorts_each_source_in_turn(tmp_path: Path) -> None
     blocks = [(Path(example.location.file).stem, example.pass_rate) for example in drawn[:7]]
     assert blocks == [("b", 1.0), ("b", 0.75), ("b", 0.5), ("b", 0.0), ("a", 0.75), ("a", 0.5), ("a", 0.25)]
     assert [e.id for e in drawn[7:]] == [e.id for e in drawn[:7]]
+    sequential = _drawn(b, a, order="sequential", num_epochs=2)  # the capability-only curriculum: file order
+    assert [e.id for e in sequential] == ["r0", "r1", "r2", "r3", "r0", "r1", "r2"] * 2
+    assert [Path(e.location.file).stem for e in sequential[:7]] == ["b"] * 4 + ["a"] * 3
 
 
 @pytest.mark.parametrize("order", ["difficulty", "shuffle"])

@@ -19,7 +19,7 @@ from staged_vlm_jax.data.pipeline import (
     example_dataset,
     prompt_pipeline,
 )
-from staged_vlm_jax.data.prompts import image_token_id
+from staged_vlm_jax.data.prompts import FORMAT_INSTRUCTION, image_token_id
 from staged_vlm_jax.data.schema import DataError, SkipCounter
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
@@ -158,6 +158,16 @@ def test_text_only_batches_have_no_images(data):
     batch = next(prompt_pipeline(config(data["text"]), data["tokenizer"]))
     assert batch.pixel_values is None and batch.image_grid_thw is None
     assert len(batch.ground_truths) == 4
+
+
+def test_a_source_without_the_format_instruction_keeps_its_prompts_bare(data):
+    """Caption SFT: a source with ``append_format=False`` gets the chat template around its problem text alone."""
+    tokenizer = data["tokenizer"]
+    bare = dataclasses.replace(data["text"], append_format=False)
+    with_format, without = (next(prompt_pipeline(config(source, seed=1), tokenizer)) for source in (data["text"], bare))
+    decoded = [[tokenizer.decode(row) for row in unpadded(batch)] for batch in (with_format, without)]
+    assert all(FORMAT_INSTRUCTION in text for text in decoded[0])
+    assert [text.replace(f" {FORMAT_INSTRUCTION}", "") for text in decoded[0]] == decoded[1]
 
 
 def test_batches_are_left_padded_to_the_smallest_fitting_bucket(data):

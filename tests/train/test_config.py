@@ -28,7 +28,8 @@ def test_configs_are_found() -> None:
     names = {path.stem for path in CONFIGS}
     assert {"demo", "demo_merged", "qwen2_5_vl_7b_staged", "qwen2_5_vl_7b_merged", "reverse_321",
             "perception_then_visual", "text_then_visual", "caption_sft", "difficulty",
-            "capability_x_difficulty", "capability_x_difficulty_staged"} <= names  # fmt: skip
+            "capability_x_difficulty", "capability_x_difficulty_staged", "capability", "order_213", "visual_only",
+            "merged_vision_trainable", "merged_reasoning_only"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
@@ -38,7 +39,7 @@ def test_every_config_builds_and_resolves(path: Path, tmp_path: Path) -> None:
     for name in spec.schedule:
         learner = spec.stage_learner(name)
         # The paper's rule: the vision tower trains in perception / visual-reasoning stages only when staged.
-        if name == "text_reasoning" or name == "merged":
+        if name == "text_reasoning" or (name == "merged" and path.stem != "merged_vision_trainable"):
             assert learner.trainable == recipes.VISION_FROZEN
 
 
@@ -136,6 +137,37 @@ def test_the_paper_recipe_plans_the_papers_step_counts(tmp_path: Path) -> None:
     assert stage_steps(difficulty.stages["merged"], PAPER_ROWS) == 930
 
 
+F, T = "frozen", "trained"  # the vision tower
+ABLATIONS = {  # config -> [(stage, steps on the paper's data, order, vision tower)]
+    "qwen2_5_vl_7b_staged": [("perception", 96, "shuffle", T), ("text_reasoning", 375, "shuffle", F),
+                             ("visual_reasoning", 465, "shuffle", T)],
+    "qwen2_5_vl_7b_merged": [("merged", 930, "shuffle", F)],
+    "ablations/order_213": [("text_reasoning", 375, "shuffle", F), ("perception", 96, "shuffle", T),
+                            ("visual_reasoning", 465, "shuffle", T)],
+    "ablations/visual_only": [("visual_reasoning", 465, "shuffle", T)],
+    "ablations/merged_vision_trainable": [("merged", 930, "shuffle", T)],
+    "ablations/merged_reasoning_only": [("merged", 15 * ((12900 + 15900) // 512), "shuffle", F)],
+    "ablations/capability": [("merged", 930, "sequential", F)],
+    "ablations/difficulty": [("merged", 930, "difficulty", F)],
+    "ablations/capability_x_difficulty": [("merged", 930, "difficulty_per_source", F)],
+    "ablations/capability_x_difficulty_staged": [("perception", 96, "difficulty", F),
+                                                 ("text_reasoning", 375, "difficulty", F),
+                                                 ("visual_reasoning", 465, "difficulty", F)],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_every_experiment_of_the_paper_is_a_config(tmp_path: Path, name: str) -> None:
+    spec = config_lib.resolve(load_config(str(CONFIGS_DIR / f"{name}.py"), []), tmp_path)
+    vision = lambda stage: T if spec.stage_learner(stage).trainable == recipes.ALL_PARAMETERS else F
+    got = [(stage, stage_steps(spec.stages[stage], PAPER_ROWS), spec.stages[stage].order, vision(stage))
+           for stage in spec.schedule]  # fmt: skip
+    assert got == ABLATIONS[name]
+    merged = spec.stages.get("merged")
+    if merged is not None:
+        assert merged.sources() == tuple(source for source in PAPER_ROWS if source in merged.data)  # stage order
+
+
 def test_merged_is_epochs_over_the_union_in_stage_order(tmp_path: Path) -> None:
     rows = {"perception": 37, "text_reasoning": 29, "visual_reasoning": 21}
     staged = _with_synthetic_data(recipes.paper("/m"), tmp_path, rows)
@@ -158,7 +190,7 @@ def test_stage_order_settings_are_checked_at_start_up(tmp_path: Path) -> None:
     config = recipes.paper("/m")
     config.stages.perception.order = "hardest_first"
     with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.perception\.order: 'hardest_first' is "
-                       r"not one of \['difficulty', 'difficulty_per_source', 'shuffle'\]$"):  # fmt: skip
+                       r"not one of \['difficulty', 'difficulty_per_source', 'sequential', 'shuffle'\]$"):  # fmt: skip
         config_lib.resolve(config, tmp_path)
     config = recipes.paper("/m")
     config.stages.perception.source_order = ("text_reasoning",)
@@ -176,6 +208,20 @@ def test_data_settings_are_checked_at_start_up(tmp_path: Path, key: str, value, 
     config = recipes.paper("/m")
     config.data[key] = value
     with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.data\." + message):
+        config_lib.resolve(config, tmp_path)
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), [
+    ("rollout", "n", 1, r"rollout\.n: 1; GRPO compares a prompt's n responses, so n must be >= 2$"),
+    ("rollout", "advantage", "ppo", r"rollout\.advantage: 'ppo' is not one of \['dr_grpo', 'grpo', 'rloo'\]$"),
+    ("reward", "name", "exact", r"reward\.name: 'exact' is not one of \['math', 'math_verify', 'mcq'\]$"),
+    ("learner", "learning_rate", -1e-6, r"learner\.learning_rate: -1e-06; must be positive and finite$"),
+])  # fmt: skip
+def test_stage_settings_are_checked_at_start_up(tmp_path: Path, section: str, key: str, value, message: str) -> None:
+    """Checked for every scheduled stage before anything trains, naming the stage whose value it is."""
+    config = recipes.paper("/m")
+    config.stages.visual_reasoning[section][key] = value  # the last stage: found before the first one trains
+    with pytest.raises(config_lib.ConfigKeyError, match=r"^config\.stages\.visual_reasoning: " + message):
         config_lib.resolve(config, tmp_path)
 
 

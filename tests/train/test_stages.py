@@ -82,11 +82,21 @@ def test_run_writes_the_workdir(uninterrupted: Path) -> None:
         assert rollout == sorted(rollout) and (rollout[0] >= 1) == (stage != "warm_start"), (stage, rollout)
     assert all(row["data/read_errors"] == 0 for row in rows)
     evaluations = [json.loads(line) for line in (uninterrupted / "eval.jsonl").read_text().splitlines()]
-    assert [row["after"] for row in evaluations] == ["warm_start", "perception", "text_reasoning", "visual_reasoning"]
+    assert [(row["after"], row["global_step"]) for row in evaluations] == [
+        ("warm_start", 2), ("perception step 1", 3), ("perception", 6), ("text_reasoning", 8),
+        ("visual_reasoning step 1", 9), ("visual_reasoning", 10)]  # fmt: skip
     assert set(evaluations[0]) >= {"heldout_perception", "heldout_text_reasoning", "heldout_visual_reasoning"}
+    # The same scores in the step's metrics (validation curves), and only at those steps.
+    for row in rows:
+        evaluation = next((e for e in evaluations if e["global_step"] == row["global_step"]), None)
+        scores = {k: v for k, v in row.items() if k.startswith("val/")}
+        assert scores == ({} if evaluation is None else {
+            f"val/{name}/{key}": value for name in ("heldout_perception", "heldout_text_reasoning",
+                                                    "heldout_visual_reasoning")
+            for key, value in evaluation[name].items() if key != "examples"}), row["global_step"]  # fmt: skip
     results = (uninterrupted / "results.md").read_text()
     assert "| visual_reasoning | 10 |" in results
-    for name in ("config.json", "tensorboard", "plots/reward.png", "plots/response_length.png"):
+    for name in ("config.json", "tensorboard", "plots/reward.png", "plots/response_length.png", "plots/validation.png"):
         assert (uninterrupted / name).exists(), name
     # Stage ends are kept whatever keep= says: every stage's final weights stay exportable.
     steps = [int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit()]
@@ -129,7 +139,7 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(uninterrupted: Path
     resumed = _train(workdir)
     assert "stage 2/4 perception" in resumed.stderr
     assert "stage 1/4 warm_start" not in resumed.stderr  # finished stages are not rerun
-    assert (workdir / "eval.jsonl").read_text().count("\n") == 4
+    assert (workdir / "eval.jsonl").read_text().count("\n") == 6  # step 3's validation restored from step 4's meta
     _assert_same_run(workdir, uninterrupted, tmp_path)
 
 
@@ -334,4 +344,10 @@ def test_missing_paths_are_one_line_naming_them(tmp_path: Path, capsys) -> None:
     model = tmp_path / "no_model"
     error = _one_line_error(capsys, [*base, "--workdir", str(tmp_path / "b"), f"--config.model.path={model}",
                                      f"--config.model.tokenizer={model}"])  # fmt: skip
-    assert str(model) in error
+    assert error.strip().endswith(f"config.model.path: {model / 'config.json'} not found"), error
+    # An evaluation set is read only after the first stage trains; its path is checked before that.
+    heldout = tmp_path / "heldout.jsonl"
+    error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "c"),
+                                     f"--config.eval.sources.heldout_text_reasoning.path={heldout}"])  # fmt: skip
+    assert error.strip().endswith(f"config.eval.sources.heldout_text_reasoning.path: {heldout} not found"), error
+    assert not (tmp_path / "c" / "checkpoints").exists()

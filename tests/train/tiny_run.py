@@ -1,5 +1,6 @@
 """A few-step variant of configs/demo.py for the end-to-end tests: tiny model, 16 synthetic rows per capability,
-SFT 2 steps, then GRPO perception 4 (checkpointed every 2), text reasoning 2 (vision frozen), visual reasoning 2."""
+SFT 2 steps, then GRPO perception 4 (checkpointed every 2), text reasoning 2 (vision frozen), visual reasoning 2;
+held-out sets sampled as the paper's validation at every stage end and every 3 steps."""
 
 from staged_vlm_jax.train import recipes
 
@@ -13,6 +14,7 @@ def get_config():
     c.engine.new_token_buckets = (8, 16, 32)
     c.eval.max_new_tokens = 8
     c.eval.batch_size = 4
+    c.eval.update(every_steps=3, temperature=0.6, top_p=0.95)  # validation at steps 3 and 9 too, sampled
     c.learner.micro_batch_size = 2
     c.checkpoint.every_steps = 2
     c.checkpoint.async_save = True
