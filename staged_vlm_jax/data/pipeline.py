@@ -68,9 +68,9 @@ class PipelineConfig:
 
     ``weights`` None concatenates the sources (each row ``repeat`` times per epoch); otherwise the sources are
     mixed in these proportions and the mixture ends when the first source runs out of its ``num_epochs`` epochs
-    (Grain's ``MapDataset.mix``). ``order`` (concatenated sources only) names a `curriculum.ORDERS` entry:
-    "shuffle" (reshuffled every epoch), "difficulty" (easiest first by pass_rate, ties shuffled) or
-    "difficulty_per_source"; ``drop_solved`` drops rows with pass_rate 1. ``drop_remainder`` True cuts every
+    (Grain's ``MapDataset.mix``). ``order`` (concatenated sources only) names a `curriculum.ORDERS` entry
+    ("shuffle", reshuffled every epoch; "sequential"; "difficulty"; "difficulty_per_source"); ``drop_solved``
+    drops rows with pass_rate 1. ``drop_remainder`` True cuts every
     epoch of concatenated sources to whole batches (EasyR1's ``drop_last``); False keeps a last, smaller batch
     (evaluation).
     ``num_epochs`` None repeats forever. ``shard_index`` / ``shard_count`` default to this

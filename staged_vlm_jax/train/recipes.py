@@ -150,7 +150,8 @@ def demo() -> ConfigDict:
     c.data.worker_threads = 0
     c.engine = dict(new_token_buckets=(16,), batch_buckets=(8, 16, 32, 64))
     c.rollout.update(n=8, max_new_tokens=16)
-    c.learner.update(learning_rate=3e-4, num_minibatches=2, micro_batch_size=None, kl_coef=1e-2, remat="none")
+    c.learner.update(learning_rate=3e-4, num_minibatches=2, kl_coef=1e-2, remat="none")
+    c.learner.micro_batch_size = config_dict.placeholder(int)  # None (whole mini-batches), still overridable
     c.reward.num_workers = 1
     c.stages = dict(
         warm_start=stage({capability: 1 for capability in CAPABILITY_STAGES}, 32, 3, ALL_PARAMETERS,
