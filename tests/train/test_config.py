@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,30 @@ def _untyped_nones(node, where: str = "config") -> list[str]:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
 def test_every_key_of_every_config_can_be_set_from_the_command_line(path: Path) -> None:
     assert _untyped_nones(load_config(str(path), [])) == []
+
+
+def _sections(cls: type, found: dict) -> dict:
+    """Every config dataclass reachable from ``cls`` through its fields' types (dict values included)."""
+    found[cls.__name__] = cls
+    for hint in typing.get_type_hints(cls).values():
+        for candidate in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(candidate) and candidate.__name__ not in found:
+                _sections(candidate, found)
+    return found
+
+
+def test_every_config_field_is_read_somewhere() -> None:
+    """A field that no code reads is a key that silently does nothing. Each field of every section of the run
+    config must be read somewhere in the package, as ``.name`` or a quoted ``"name"`` (a declaration alone,
+    ``name: int = 0``, does not count). A static check: it cannot prove the read matters, only that one exists."""
+    sources = [path.read_text() for path in (REPO / "staged_vlm_jax").rglob("*.py")]
+    unread = []
+    for cls in _sections(config_lib.RunSpec, {}).values():
+        for field in dataclasses.fields(cls):
+            pattern = re.compile(rf"\.{field.name}\b|[\"']{field.name}[\"']")
+            if not any(pattern.search(text) for text in sources):
+                unread.append(f"{cls.__name__}.{field.name}")
+    assert unread == []
 
 
 def test_paper_recipe_values() -> None:
