@@ -32,7 +32,6 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # transformers and JAX share the card in turn
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
 import time  # noqa: E402
@@ -42,7 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from harness import median_seconds  # noqa: E402
+from harness import Timing, measure, median_seconds  # noqa: E402
 
 from staged_vlm_jax import models  # noqa: E402
 from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, tiny_config  # noqa: E402
@@ -66,15 +65,6 @@ SHAPES: dict[str, Callable[[], Qwen2_5_VLConfig]] = {
 }  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class Decode:
-    step_s: float  # one decode step of the whole batch
-    compile_s: float | None = None
-
-    def tokens_per_s(self, rows: int) -> float:
-        return rows / self.step_s
-
-
 def prompts(cfg: Qwen2_5_VLConfig, rows: int, length: int, seed: int = 0) -> np.ndarray:
     """Full-length random text prompts (no padding), ids below the special tokens."""
     return np.random.default_rng(seed).integers(0, cfg.text.pad_token_id, (rows, length)).astype(np.int32)
@@ -91,18 +81,8 @@ def decode_bytes(model, cfg: Qwen2_5_VLConfig, rows: int, context: float) -> flo
     return weights + rows * context * kv
 
 
-def decode_step(run: Callable[[int], object], new_tokens: int, iters: int) -> Decode:
-    """Step time from a full and a 1-token call (medians of ``iters`` after a warm-up); the first call's excess
-    over a timed one is the compile time."""
-    start = time.perf_counter()
-    run(new_tokens)
-    first = time.perf_counter() - start
-    full = median_seconds(lambda: run(new_tokens), iters)
-    one = median_seconds(lambda: run(1), iters, warmup=1)
-    return Decode(step_s=(full - one) / (new_tokens - 1), compile_s=first - full)
-
-
-def ours_decode(model, cfg: Qwen2_5_VLConfig, ids: np.ndarray, new_tokens: int, iters: int) -> Decode:
+def ours_decode(model, cfg: Qwen2_5_VLConfig, ids: np.ndarray, new_tokens: int, iters: int) -> Timing:
+    """`harness.measure` of greedy generation: its first call's excess over a timed one is the compile time."""
     engine = RolloutEngine(EngineConfig(new_token_buckets=(new_tokens,)))
 
     def run(tokens: int):
@@ -111,7 +91,7 @@ def ours_decode(model, cfg: Qwen2_5_VLConfig, ids: np.ndarray, new_tokens: int, 
                               rng=jax.random.key(0))  # fmt: skip
         return np.asarray(out.tokens)
 
-    return decode_step(run, new_tokens, iters)
+    return measure(run, new_tokens, iters)
 
 
 def train_batch(cfg: Qwen2_5_VLConfig, groups: int, n: int, prompt: int, response: int) -> TrainBatch:
@@ -165,12 +145,12 @@ def hf_figures(cfg: Qwen2_5_VLConfig, args, rows: int, train_rows: int, train_le
 
     def run(tokens: int):
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                           min_new_tokens=tokens, do_sample=False, suppress_tokens=list(cfg.special_token_ids),
-                           eos_token_id=cfg.vision_end_token_id, pad_token_id=cfg.text.pad_token_id)  # fmt: skip
-        sync()
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                 min_new_tokens=tokens, do_sample=False, suppress_tokens=list(cfg.special_token_ids),
+                                 eos_token_id=cfg.vision_end_token_id, pad_token_id=cfg.text.pad_token_id)  # fmt: skip
+        return out[:, ids.shape[1] :].cpu().numpy()  # waits for the card
 
-    decode = decode_step(run, args.new_tokens, args.iters)
+    decode = measure(run, args.new_tokens, args.iters)
     model.train()
     batch = torch.from_numpy(prompts(cfg, train_rows, train_length, 3)).long().to(device)
 
@@ -183,7 +163,7 @@ def hf_figures(cfg: Qwen2_5_VLConfig, args, rows: int, train_rows: int, train_le
         torch.cuda.reset_peak_memory_stats()
     seconds = median_seconds(step, args.iters, warmup=1)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else float("nan")
-    return {"decode_step_s": decode.step_s, "train_s": seconds, "peak_bytes": peak}
+    return {"decode_step_s": decode.decode_step(args.new_tokens), "train_s": seconds, "peak_bytes": peak}
 
 
 def main() -> None:
@@ -219,12 +199,13 @@ def main() -> None:
     print("decode (greedy)           rows   step ms   tokens/s   roofline   compile s")
     for rows in args.batches:
         ours = ours_decode(model, cfg, prompts(cfg, rows, args.prompt), args.new_tokens, args.iters)
-        print(f"  ours                   {rows:5d}  {ours.step_s * 1e3:8.2f}  {ours.tokens_per_s(rows):9.0f}"
-              f"   {roofline(rows, ours.step_s):>8}   {ours.compile_s:9.1f}")  # fmt: skip
+        step = ours.decode_step(args.new_tokens)
+        print(f"  ours                   {rows:5d}  {step * 1e3:8.2f}  {rows / step:9.0f}"
+              f"   {roofline(rows, step):>8}   {ours.first - ours.full:9.1f}")  # fmt: skip
         if hf and rows == args.batches[0]:
-            step = hf["decode_step_s"]
-            print(f"  transformers           {rows:5d}  {step * 1e3:8.2f}  {rows / step:9.0f}   "
-                  f"{roofline(rows, step):>8}   (ours {step / ours.step_s:.1f}x faster)")  # fmt: skip
+            theirs = hf["decode_step_s"]
+            print(f"  transformers           {rows:5d}  {theirs * 1e3:8.2f}  {rows / theirs:9.0f}   "
+                  f"{roofline(rows, theirs):>8}   (ours {theirs / step:.1f}x faster)")  # fmt: skip
 
     # Last: the step donates the model's weights. Its peak is the process's (decode needs far less).
     config = LearnerConfig(num_minibatches=2)

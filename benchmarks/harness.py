@@ -5,6 +5,7 @@ Benchmarks run as scripts (``python benchmarks/<name>.py``), which puts this fol
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,31 @@ def median_seconds(run: Callable[[], object], iters: int, warmup: int = 0) -> fl
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall times in seconds: the first full call (ours: compiles), median full and 1-token calls; its tokens."""
+
+    first: float
+    full: float
+    one: float
+    tokens: np.ndarray
+
+    def decode_step(self, new_tokens: int) -> float:
+        """One decode step: the full call's excess over the 1-token call (vision tower + prefill + one sampling
+        step), over the extra steps."""
+        return (self.full - self.one) / (new_tokens - 1)
+
+
+def measure(run: Callable[[int], np.ndarray], new_tokens: int, iters: int) -> Timing:
+    """Times ``run(new_tokens)`` and ``run(1)``, each as the median of ``iters`` calls after one warm-up call."""
+    start = time.perf_counter()
+    tokens = run(new_tokens)
+    first = time.perf_counter() - start
+    full = median_seconds(lambda: run(new_tokens), iters)
+    run(1)
+    return Timing(first=first, full=full, one=median_seconds(lambda: run(1), iters), tokens=tokens)
 
 
 def image_prompts(

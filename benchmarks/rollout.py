@@ -25,12 +25,10 @@ Run from the repository root (with the package installed, ``pip install -e .``, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
 import tempfile
-import time
 from collections.abc import Callable
 
 import jax
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
-from harness import hf_qwen2_5_vl, image_prompts, median_seconds
+from harness import hf_qwen2_5_vl, image_prompts, measure
 
 from staged_vlm_jax import models
 from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, tiny_config
@@ -117,26 +115,6 @@ def our_generate(
     return run
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Wall times in seconds: the first full call (ours: compiles), median full and 1-token calls; its tokens."""
-
-    first: float
-    full: float
-    one: float
-    tokens: np.ndarray
-
-
-def measure(run: Callable[[int], np.ndarray], new_tokens: int, iters: int) -> Timing:
-    """Times ``run(new_tokens)`` and ``run(1)``, each as the median of ``iters`` calls after one warm-up call."""
-    start = time.perf_counter()
-    tokens = run(new_tokens)
-    first = time.perf_counter() - start
-    full = median_seconds(lambda: run(new_tokens), iters)
-    run(1)
-    return Timing(first=first, full=full, one=median_seconds(lambda: run(1), iters), tokens=tokens)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -189,7 +167,7 @@ def main() -> None:
         n = runs[name][0]
         compile_s = f"{t.first - t.full:.1f}" if name.startswith("ours") else "-"
         total_tps = args.batch * n * new / t.full
-        decode_tps = args.batch * n * (new - 1) / (t.full - t.one)
+        decode_tps = args.batch * n / t.decode_step(new)
         print(f"| {name} | {t.full:.3f} | {t.one:.3f} | {total_tps:.0f} | {decode_tps:.0f} | {compile_s} |")
     ratio = hf_greedy.full / ours_greedy.full
     decode_ratio = (hf_greedy.full - hf_greedy.one) / (ours_greedy.full - ours_greedy.one)

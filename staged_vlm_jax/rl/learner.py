@@ -79,6 +79,10 @@ class LearnerConfig:
     # Response positions whose float32 logits [rows, chunk, vocab] exist at once (`token_log_probs`); exact.
     logits_chunk: int = 128
 
+    def micro_batch_rows(self, rows: int) -> int:
+        """Rows per micro-batch of a step of ``rows`` rows: ``micro_batch_size``, or a whole mini-batch."""
+        return self.micro_batch_size or rows // self.num_minibatches
+
 
 @flax.struct.dataclass
 class TrainBatch:
@@ -198,7 +202,7 @@ def response_log_probs(
 def batch_split_error(cfg: LearnerConfig, rows: int, group_size: int = 1) -> str | None:
     """Why ``rows`` rows cannot be cut into ``cfg``'s mini-batches of whole micro-batches of whole groups of
     ``group_size`` rows (None when they can); the message names the config keys."""
-    micro = cfg.micro_batch_size or rows // cfg.num_minibatches
+    micro = cfg.micro_batch_rows(rows)
     minibatch = rows // cfg.num_minibatches
     if rows % cfg.num_minibatches == 0 and micro and minibatch % micro == 0 and micro % group_size == 0:
         return None
@@ -213,7 +217,7 @@ def micro_batch_spread_warning(cfg: LearnerConfig, rows: int, group_size: int, s
     """Why ``cfg``'s micro-batches of ``rows`` rows (groups of ``group_size``) cannot spread evenly over ``shards``
     batch shards (None when they can). Then XLA replicates or gathers their rows: it works, at a multiple of the
     memory (the paper's 40-row micro-batches on 64 chips: 124.7 instead of 55.1 GiB per chip for a 7B model)."""
-    micro = cfg.micro_batch_size or rows // cfg.num_minibatches
+    micro = cfg.micro_batch_rows(rows)
     if (micro // group_size) % shards == 0:
         return None
     what = "rows" if group_size == 1 else f"groups of {group_size}"
@@ -246,7 +250,7 @@ def _rows_on_batch_axes(x: jax.Array, axis: int) -> jax.Array:
 def _micro_layout(batch: TrainBatch, cfg: LearnerConfig) -> tuple[int, int, int]:
     """(num_minibatches, micro-batches per mini-batch, groups per micro-batch) of ``batch`` under ``cfg``."""
     rows = batch.input_ids.shape[0]
-    micro = cfg.micro_batch_size or rows // cfg.num_minibatches
+    micro = cfg.micro_batch_rows(rows)
     return cfg.num_minibatches, rows // cfg.num_minibatches // micro, micro // batch.group_size
 
 

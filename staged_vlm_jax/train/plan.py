@@ -290,7 +290,7 @@ def size_programs(spec: config_lib.RunSpec, model_cfg, mesh, cache_limit: int | 
         cfg = learner.config
         spread = micro_batch_spread_warning(cfg, rows, group, batch_shards(mesh, rules))
         shape = (f"{rows} rows of {prompt} + {length} tokens, {cfg.num_minibatches} mini-batches of micro-batches "
-                 f"of {cfg.micro_batch_size or rows // cfg.num_minibatches}" + (f", prompts shared by {group}"
+                 f"of {cfg.micro_batch_rows(rows)}" + (f", prompts shared by {group}"
                  if group > 1 else "") + (f" (warning: {spread})" if spread else ""))  # fmt: skip
         work = flops.train(cfg, rows // group, prompt, rows, length, patches if images else 0)
         found.append(_size(name, "train", shape, learner.lower(batch), work / devices))
