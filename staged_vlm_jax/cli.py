@@ -8,8 +8,10 @@ the key, file or checkpoint (exit status 2), not a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -44,6 +46,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     from staged_vlm_jax.data.schema import CAPABILITIES, ON_ERROR_POLICIES
+    from staged_vlm_jax.train.config import DataSpec
 
     commands = parser.add_subparsers(dest="data_command", required=True)
     convert = commands.add_parser("convert", help="EasyR1-schema rows + images -> TFDS-layout array_record directory")
@@ -53,29 +56,61 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--out", required=True, help="new (or empty) output directory")
     convert.add_argument("--on-error", default="raise", choices=sorted(ON_ERROR_POLICIES), help="for bad rows")
     convert.add_argument("--shard-size", type=int, default=1024, help="records per array_record shard")
+    convert.add_argument("--model", default=None, help="a Hugging Face model directory: screen the rows as training "
+                         "with its tokenizer and image processor would (control tokens, prompt lengths)")  # fmt: skip
+    convert.add_argument("--max-prompt-length", type=int, default=DataSpec.max_prompt_length,
+                         help="with --model: longer prompts are dropped, as training drops them")  # fmt: skip
     convert.set_defaults(data_run=_data_convert)
 
 
 def _data_convert(args: argparse.Namespace) -> int:
-    """Reads, validates (images decoded once) and writes the rows; prints rows written and skipped with reasons."""
-    from staged_vlm_jax.data.array_record import shard_paths, write_array_record
-    from staged_vlm_jax.data.schema import SkipCounter
-    from staged_vlm_jax.data.sources import read_rows
+    """Reads and validates the rows (every image decoded once; with --model screened as a run would screen them),
+    writes them, and prints rows written and dropped with reasons (listed in OUT/data_errors.jsonl)."""
+    from staged_vlm_jax.data.array_record import check_empty, shard_paths, write_array_record
+    from staged_vlm_jax.data.schema import DataError, SkipCounter
+    from staged_vlm_jax.data.screen import DataErrorLog, ScreenedSource
+    from staged_vlm_jax.data.sources import DataSource, read_rows
 
-    skipped = SkipCounter()
-    rows = read_rows(
-        args.input, capability=args.capability, image_root=args.image_root, on_error=args.on_error, skipped=skipped
-    )
-    out = write_array_record(rows, args.out, shard_size=args.shard_size)
-    written = skipped.rows_seen - skipped.total
-    print(f"wrote {written} rows to {out} ({len(shard_paths(out))} shard(s)); {skipped.summary()}")
+    check_empty(args.out)
+    source = DataSource(args.input, args.capability, args.image_root)
+    if args.model:
+        screened = _model_screen(args.model, args.max_prompt_length, args.on_error)(source)
+    else:
+        skipped = SkipCounter()
+        rows = read_rows(source.path, capability=source.capability, image_root=source.image_root,
+                         on_error=args.on_error, skipped=skipped)  # fmt: skip
+        screened = ScreenedSource(source, tuple(rows), skipped.rows_seen, tuple(skipped.errors), ())
+        if not screened.examples:
+            raise DataError(args.input, "rows", f"no usable row ({screened.summary()})", reason="no_usable_rows")
+    out = write_array_record(screened.examples, args.out, shard_size=args.shard_size)
+    if screened.dropped or screened.duplicates:
+        log = DataErrorLog(out / "data_errors.jsonl")
+        log.write(screened.dropped, "skipped")
+        log.write(screened.duplicates, "kept")
+    print(f"wrote {len(screened.examples)} rows to {out} ({len(shard_paths(out))} shard(s)); {screened.summary()}")
     return 0
+
+
+def _model_screen(model: str, max_prompt_length: int, on_error: str):
+    """The `DataScreen` a run of ``model`` uses with the default data settings, images decoded too."""
+    from staged_vlm_jax.data.images import IMAGE_RESIZES, SETTINGS
+    from staged_vlm_jax.data.screen import DataScreen
+    from staged_vlm_jax.data.tokenizer import load_tokenizer
+    from staged_vlm_jax.models.hf_io import read_config
+    from staged_vlm_jax.train.config import DataSpec
+
+    family, _ = read_config(model)
+    data = DataSpec()
+    images = IMAGE_RESIZES[data.image_resize](SETTINGS[family.name], data.min_pixels, data.max_pixels,
+                                               data.image_backend)  # fmt: skip
+    return DataScreen(load_tokenizer(model), images, max_prompt_length, on_error, verify_images=True)
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="config file (configs/*.py[:argument])")
     parser.add_argument("--workdir", required=True, help="run directory; rerunning on it resumes")
     parser.add_argument("--allow-config-change", action="store_true", help="resume with a config that differs")
+    parser.add_argument("--allow-data-change", action="store_true", help="resume although a data file changed")
     parser.add_argument(
         "--distributed",
         action="store_true",
@@ -97,6 +132,8 @@ def load_config(config: str, overrides: Sequence[str]):
     bad = [item for item in overrides if not item.startswith("--config.")]
     if bad:
         raise ConfigKeyError(f"unknown arguments {bad}; config overrides look like --config.rollout.n=8")
+    if not os.path.isfile(config.split(":")[0]):
+        raise ConfigKeyError(f"--config {config}: no such config file")
 
     def load(overrides: Sequence[str]):
         argv = ["staged-vlm", f"--config={config}", *overrides]
@@ -144,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
     elif args.coordinator or args.num_processes or args.process_id is not None:
         raise ConfigKeyError("--coordinator / --num-processes / --process-id need --distributed")
     run = StagedRun(load_config(args.config, args.overrides), args.workdir,
-                    allow_config_change=args.allow_config_change)  # fmt: skip
+                    allow_config_change=args.allow_config_change, allow_data_change=args.allow_data_change)  # fmt: skip
     run.run()
     if jax.process_index() == 0:
         plot_run(run.workdir)
@@ -226,6 +263,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="staged-vlm", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
@@ -237,24 +275,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][2](args)
     except Exception as error:
-        if not isinstance(error, expected_errors()):
+        if args.debug or not expected(error):
             raise
         print(f"staged-vlm {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 
+# A workdir, output or input the user must fix: no permission, a read-only or full file system.
+USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR)
+
+
+def expected(error: Exception) -> bool:
+    """Whether ``error`` is one a user fixes from its message alone (`expected_errors`, or a file system that
+    refuses: `USER_ERRNOS`); others keep their tracebacks."""
+    return isinstance(error, expected_errors()) or (isinstance(error, OSError) and error.errno in USER_ERRNOS)
+
+
 def expected_errors() -> tuple[type[Exception], ...]:
-    """Failures a user fixes from the message alone (config, path, data, checkpoint); others keep tracebacks."""
+    """Failures a user fixes from the message alone (config, path, data, checkpoint, a collapsed run)."""
     from staged_vlm_jax.data.schema import DataError
     from staged_vlm_jax.data.tokenizer import TokenizerError
     from staged_vlm_jax.models import CheckpointError, ConfigError
     from staged_vlm_jax.train.checkpoint import IncompatibleCheckpointError
     from staged_vlm_jax.train.config import ConfigKeyError
+    from staged_vlm_jax.train.metrics import MetricsFileError
     from staged_vlm_jax.train.stages import DamagedCheckpointsError
-    from staged_vlm_jax.train.workdir import ConfigMismatchError
+    from staged_vlm_jax.train.watch import CollapseError
+    from staged_vlm_jax.train.workdir import ConfigMismatchError, DataChangedError
 
-    return (ConfigKeyError, ConfigMismatchError, ConfigError, DataError, TokenizerError, CheckpointError,
-            IncompatibleCheckpointError, DamagedCheckpointsError, FileNotFoundError)  # fmt: skip
+    return (ConfigKeyError, ConfigMismatchError, DataChangedError, ConfigError, DataError, TokenizerError,
+            CheckpointError, IncompatibleCheckpointError, DamagedCheckpointsError, CollapseError, MetricsFileError,
+            FileNotFoundError, FileExistsError)  # fmt: skip
 
 
 if __name__ == "__main__":

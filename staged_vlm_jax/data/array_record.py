@@ -164,6 +164,15 @@ def _decode(record: bytes) -> dict[str, list[bytes]]:
     return features
 
 
+def check_empty(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path; raises FileExistsError unless it is absent or empty (no shard of an earlier
+    conversion may be mixed in)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} is not an empty directory; convert into a new one")
+    return out_dir
+
+
 def write_array_record(examples: Iterable[Example], out_dir: str | Path, *, shard_size: int = 1024) -> Path:
     """Write ``examples`` in order, ``shard_size`` per array_record shard, to a new TFDS-layout ``out_dir``.
 
@@ -174,9 +183,7 @@ def write_array_record(examples: Iterable[Example], out_dir: str | Path, *, shar
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; convert into a new directory")
+    out_dir = check_empty(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The shard count is known only at the end, so shards are written under temporary names and renamed.
     lengths: list[int] = []

@@ -294,17 +294,35 @@ def easyr1_resize(image: Image.Image, min_pixels: int, max_pixels: int) -> Image
     sqrt(bound / area) with the sides truncated to integers, in the image's own mode with Pillow's default filter
     (bicubic; nearest for palette and 1-bit images). The processor's `smart_resize` then rounds the result to
     multiples of 28 within its own (hub) limits: a 200x300 (height x width) image becomes 418x627, then 420x616, where
-    resizing straight into [512², 2048²] gives 420x644."""
-    if image.width * image.height > max_pixels:
-        image = _scaled_to(image, max_pixels)
-    if image.width * image.height < min_pixels:
-        image = _scaled_to(image, min_pixels)
+    resizing straight into [512², 2048²] gives 420x644. Raises ValueError when a side would become zero."""
+    for size in _easyr1_sizes(image.width, image.height, min_pixels, max_pixels):
+        image = image.resize(size)
     return image
 
 
-def _scaled_to(image: Image.Image, pixels: int) -> Image.Image:
-    factor = math.sqrt(pixels / (image.width * image.height))
-    return image.resize((int(image.width * factor), int(image.height * factor)))
+def easyr1_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The (width, height) `easyr1_resize` gives an image of this size, computed without pixels."""
+    sizes = _easyr1_sizes(width, height, min_pixels, max_pixels)
+    return sizes[-1] if sizes else (width, height)
+
+
+def _easyr1_sizes(width: int, height: int, min_pixels: int, max_pixels: int) -> list[tuple[int, int]]:
+    """The sizes `easyr1_resize` resizes to, in order (none, one or two)."""
+    sizes = []
+    if width * height > max_pixels:
+        sizes.append(_scaled_size(width, height, max_pixels))
+        width, height = sizes[-1]
+    if width * height < min_pixels:
+        sizes.append(_scaled_size(width, height, min_pixels))
+    return sizes
+
+
+def _scaled_size(width: int, height: int, pixels: int) -> tuple[int, int]:
+    factor = math.sqrt(pixels / (width * height))
+    size = int(width * factor), int(height * factor)
+    if not all(size):
+        raise ValueError(f"scaling {width}x{height} into {pixels} pixels collapses a side to zero ({size})")
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +336,17 @@ class ImageInputs:
 
     def preprocess(self, image: np.ndarray | Image.Image) -> tuple[np.ndarray, np.ndarray]:
         return self.settings.preprocess(image, backend=self.backend)
+
+    def grid(self, width: int, height: int) -> np.ndarray:
+        """The ``grid_thw`` that `preprocess` gives a ``width`` x ``height`` image (after the pre-resize), from the
+        size alone: what a screen of the data needs to know every prompt's length without decoding its images.
+        Raises ValueError where `preprocess` would."""
+        if self.pre_resize is not None:
+            width, height = easyr1_size(width, height, *self.pre_resize)
+        settings = self.settings
+        factor = settings.patch_size * settings.merge_size
+        height, width = smart_resize(height, width, factor, settings.min_pixels, settings.max_pixels)
+        return np.array([1, height // settings.patch_size, width // settings.patch_size], dtype=np.int64)
 
 
 # ``data.image_resize``: where a run's [min_pixels, max_pixels] apply. "easyr1" (the paper's path): EasyR1's

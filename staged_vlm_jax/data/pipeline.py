@@ -5,19 +5,20 @@ resumed run has to draw exactly the prompts the uninterrupted one would have. Gr
 pipeline is built from its datasets, because every stage is a deterministic function of the element index and
 the iterator state is a handful of integers. So every step here is a Grain stage:
 
-    per source: rows (read once, images left lazy) -> this host's shard
+    per source: rows screened once (`screen.DataScreen`: bad rows and over-long prompts dropped, listed, counted;
+                images left lazy) -> this host's shard
     sources combined: concatenated (no weights: every row ``repeat`` times per epoch, each epoch in its order and
                       cut to whole batches, `curriculum.EpochOrdered`) or, per source shuffled (reseeded every
                       epoch) and repeated, mixed by weight (`MapDataset.mix`)
     -> map: decode images, Qwen preprocessing, prompt token ids (threads or worker processes)
-    -> drop bad rows (``on_error="skip"``) and over-long prompts, counting both (EasyR1's filter_overlong_prompts)
+    -> drop rows whose images fail to decode (``on_error="skip"``), counted and listed
     -> batch(batch_size, drop_remainder) into a `PromptBatch`, left-padded to the smallest prompt bucket
 
 Sharding is a strided slice of each source before shuffling, so the hosts of a multi-host run see disjoint rows
 whose union is the data set, each host reshuffling only its own slice. Shapes are bucketed (DESIGN Principle 4)
 and every bucket is known in advance: ``max(prompt_buckets)`` must cover ``max_prompt_length``.
 
-`PromptIterator.get_state` is a JSON-serialisable dict (Grain's iterator state plus the drop counters), so
+`PromptIterator.get_state` is a JSON-serialisable dict (Grain's iterator state plus the drop counter), so
 Orbax or a JSON file can store it beside the model; `PromptIterator.set_state` on a freshly built pipeline of
 the same config continues with exactly the batches the saved one would have produced.
 
@@ -41,25 +42,10 @@ from transformers import PreTrainedTokenizerFast
 from staged_vlm_jax.data import curriculum
 from staged_vlm_jax.data.batch import PromptBatch, bucket, left_pad
 from staged_vlm_jax.data.images import ImageInputs
-from staged_vlm_jax.data.prompts import PromptFilter, build_prompt
+from staged_vlm_jax.data.prompts import build_prompt
 from staged_vlm_jax.data.schema import ON_ERROR_POLICIES, DataError, ErrorPolicy, Example, RowLocation, SkipCounter
-from staged_vlm_jax.data.sources import read_rows
-from staged_vlm_jax.paths import PathLike
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSource:
-    """One data file of a capability; image paths in it are relative to ``image_root`` (default: its folder).
-
-    ``repeat``: how many times each row appears per epoch when sources are concatenated. ``append_format`` False:
-    its prompts get no think/boxed instruction (`Example.append_format`).
-    """
-
-    path: PathLike
-    capability: str
-    image_root: PathLike | None = None
-    repeat: int = 1
-    append_format: bool = True
+from staged_vlm_jax.data.screen import DataErrorLog, DataScreen, ScreenedSource
+from staged_vlm_jax.data.sources import DataSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,20 +138,8 @@ class ExampleSource:
         self.name = name
 
     @classmethod
-    def read(
-        cls, source: DataSource, *, on_error: ErrorPolicy, skipped: SkipCounter, verify_images: bool
-    ) -> ExampleSource:
-        rows = read_rows(
-            source.path,
-            capability=source.capability,
-            image_root=source.image_root,
-            on_error=on_error,
-            skipped=skipped,
-            verify_images=verify_images,
-        )
-        if not source.append_format:
-            rows = (dataclasses.replace(example, append_format=False) for example in rows)
-        return cls(list(rows), str(source.path))
+    def screened(cls, screened: ScreenedSource) -> ExampleSource:
+        return cls(screened.examples, str(screened.source.path))
 
     def __len__(self) -> int:
         return len(self._examples)
@@ -279,52 +253,46 @@ class PromptBuilder:
 
 
 class PromptAdmission:
-    """The filter stage, run in the main process so its counts are exact at every iterator state.
-
-    Drops `SkippedRow`s (counted in ``load_errors`` by reason) and prompts over ``max_prompt_length`` tokens
-    (counted in ``overlong``, EasyR1's filter_overlong_prompts rule on the image-expanded ids).
+    """The filter stage, run in the main process so its counts are exact at every iterator state: drops the
+    `SkippedRow`s of rows whose images failed in the map (``on_error="skip"``), counting them by reason in
+    ``load_errors`` and listing them in ``log``. Rows the screen refused never reach it (`screen.DataScreen`).
 
     A stream that repeats forever would spin without end if every row were dropped, so ``epoch_rows`` consecutive
     drops (a whole epoch's worth, at most) stop it with a `DataError` naming ``sources`` and what was dropped.
     """
 
-    def __init__(self, max_prompt_length: int, epoch_rows: int | None = None, sources: str = "") -> None:
-        self.overlong = PromptFilter(max_prompt_length)
+    def __init__(self, epoch_rows: int | None = None, sources: str = "", log: DataErrorLog | None = None) -> None:
         self.load_errors = SkipCounter()
-        self.epoch_rows, self.sources = epoch_rows, sources
+        self.epoch_rows, self.sources, self.log = epoch_rows, sources, log
         self.dropped_in_a_row = 0
 
     def __call__(self, item: Prompt | SkippedRow) -> bool:
         self.load_errors.rows_seen += 1
-        if isinstance(item, SkippedRow):
-            self.load_errors.record(item.error())
-            admitted = False
-        else:
-            admitted = self.overlong(item.input_ids)
+        admitted = not isinstance(item, SkippedRow)
+        if not admitted:
+            error = item.error()
+            self.load_errors.record(error)
+            if self.log is not None:
+                self.log.write([error], "skipped")
         self.dropped_in_a_row = 0 if admitted else self.dropped_in_a_row + 1
         if self.epoch_rows and self.dropped_in_a_row >= self.epoch_rows:
-            reasons = {"over max_prompt_length": self.overlong.dropped, **self.load_errors.counts}
-            summary = ", ".join(f"{count} {reason}" for reason, count in reasons.items() if count)
-            message = (f"no usable prompt in {self.dropped_in_a_row} consecutive rows, a whole epoch ({summary}); "
-                       "fix the data or data.max_prompt_length")  # fmt: skip
+            reasons = ", ".join(f"{count} {reason}" for reason, count in self.load_errors.counts.items())
+            message = (f"no usable prompt in {self.dropped_in_a_row} consecutive rows, a whole epoch ({reasons}); "
+                       "fix the data")  # fmt: skip
             raise DataError(self.sources, "rows", message, reason="no_usable_rows")
         return admitted
 
     def get_state(self) -> dict[str, Any]:
         return {
-            "overlong_seen": self.overlong.seen,
-            "overlong_dropped": self.overlong.dropped,
             "load_rows_seen": self.load_errors.rows_seen,
             "load_errors": dict(self.load_errors.counts),
             "dropped_in_a_row": self.dropped_in_a_row,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.overlong.seen = state["overlong_seen"]
-        self.overlong.dropped = state["overlong_dropped"]
         self.load_errors = SkipCounter(rows_seen=state["load_rows_seen"])
         self.load_errors.counts.update(state["load_errors"])
-        self.dropped_in_a_row = state.get("dropped_in_a_row", 0)  # absent from states saved before it existed
+        self.dropped_in_a_row = state["dropped_in_a_row"]
 
 
 class PromptCollator:
@@ -346,16 +314,16 @@ class PromptCollator:
 
 
 class PromptIterator(Iterator[PromptBatch]):
-    """This host's `PromptBatch`es, with an exactly restorable state and the counts of what was dropped.
+    """This host's `PromptBatch`es, with an exactly restorable state and what was dropped: ``screened`` holds each
+    source's screen (rows refused at start-up, over-long prompts), ``admission.load_errors`` the rows whose images
+    failed later, in the map."""
 
-    ``read_errors`` counts rows skipped while reading the files (``on_error="skip"``); ``admission.load_errors``
-    rows whose images failed in the map; ``admission.overlong`` the over-long prompts.
-    """
-
-    def __init__(self, iterator: grain.DatasetIterator, admission: PromptAdmission, read_errors: SkipCounter) -> None:
+    def __init__(
+        self, iterator: grain.DatasetIterator, admission: PromptAdmission, screened: Sequence[ScreenedSource]
+    ) -> None:
         self._iterator = iterator
         self.admission = admission
-        self.read_errors = read_errors
+        self.screened = tuple(screened)
 
     def __next__(self) -> PromptBatch:
         return next(self._iterator)
@@ -375,19 +343,23 @@ class PromptIterator(Iterator[PromptBatch]):
         self._iterator.close()
 
 
-def prompt_pipeline(config: PipelineConfig, tokenizer: PreTrainedTokenizerFast) -> PromptIterator:
+def prompt_pipeline(
+    config: PipelineConfig, tokenizer: PreTrainedTokenizerFast, screen: DataScreen | None = None
+) -> PromptIterator:
     """The RL prompt stream of ``config``'s sources for this host (``config.shard_index``), see the module docstring.
 
-    Raises `DataError` for an unreadable file or (``on_error="raise"``) a bad row, and ValueError naming
-    ``batch_size`` when this host's shard cannot fill one batch.
+    ``screen`` (default: a new one for ``config``) gives each source's usable rows; pass a run's own so that a
+    source is screened once and its refused rows are logged. Raises `DataError` for an unreadable file, a source
+    without usable rows or (``on_error="raise"``) a bad row, and ValueError naming ``batch_size`` when this
+    host's shard cannot fill one batch.
     """
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer ({tokenizer.name_or_path!r}) has no pad token to left-pad prompts with")
-    read_errors = SkipCounter()
-    sources = [
-        ExampleSource.read(source, on_error=config.on_error, skipped=read_errors, verify_images=config.verify_images)
-        for source in config.sources
-    ]
+    if screen is None:
+        screen = DataScreen(tokenizer, config.images, config.max_prompt_length, config.on_error,
+                            verify_images=config.verify_images)  # fmt: skip
+    screened = [screen(source) for source in config.sources]
+    sources = [ExampleSource.screened(rows) for rows in screened]
     prompts = example_dataset(config, sources).map(PromptBuilder(tokenizer, config.images, config.on_error))
     dataset = prompts.to_iter_dataset(
         grain.ReadOptions(num_threads=config.worker_threads, prefetch_buffer_size=2 * config.worker_threads)
@@ -396,10 +368,10 @@ def prompt_pipeline(config: PipelineConfig, tokenizer: PreTrainedTokenizerFast) 
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
     # An upper bound on an epoch's rows for this host (the whole files, each repeated as configured).
     epoch_rows = sum(source.repeat * len(rows) for source, rows in zip(config.sources, sources, strict=True))
-    admission = PromptAdmission(config.max_prompt_length, epoch_rows, ", ".join(str(s.path) for s in config.sources))
+    admission = PromptAdmission(epoch_rows, ", ".join(str(s.path) for s in config.sources), screen.log)
     batches = dataset.filter(admission).batch(
         config.batch_size,
         drop_remainder=config.drop_remainder,
         batch_fn=PromptCollator(tokenizer.pad_token_id, config.prompt_buckets),
     )
-    return PromptIterator(iter(batches), admission, read_errors)
+    return PromptIterator(iter(batches), admission, screened)

@@ -4,15 +4,14 @@ The paper trains with EasyR1, so the prompt a policy sees is fixed by three thin
 think/boxed format instruction appended to the user turn (`FORMAT_INSTRUCTION`), the model's own chat template,
 and the Qwen processor's expansion of each image's single ``<|image_pad|>`` into one pad per merged image feature.
 A prompt whose pad count disagrees with its images would silently misalign vision features at training time, so
-`build_prompt` checks it and names the problem. Over-long prompts are dropped and counted (`PromptFilter`) as
-EasyR1's ``filter_overlong_prompts`` does, so a data set's real size after filtering is reported, not guessed.
+`build_prompt` checks it and names the problem. Over-long prompts are dropped at start-up by the data screen
+(`screen.DataScreen`), as EasyR1's ``filter_overlong_prompts`` does.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerFast
@@ -20,8 +19,6 @@ from transformers import PreTrainedTokenizerFast
 from staged_vlm_jax.data.batch import ImageTokenMismatchError, image_token_counts
 from staged_vlm_jax.data.schema import IMAGE_PLACEHOLDER
 from staged_vlm_jax.data.tokenizer import IMAGE_PAD
-
-logger = logging.getLogger(__name__)
 
 # The paper's format prompt: UCSC-VLAA/VLM-CapCurriculum training/format_prompts/math.jinja (commit d58a584) is
 # "{{ content | trim }} You FIRST think ... \boxed{final answer here}"; EasyR1's RLHFDataset renders it with
@@ -32,8 +29,6 @@ FORMAT_INSTRUCTION = (
     "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put in \\boxed{}. "
     "i.e. <thinking> reasoning here </thinking> \\boxed{final answer here}"
 )
-
-T = TypeVar("T")
 
 
 def _where(problem_id: Any) -> str:
@@ -160,41 +155,3 @@ def build_prompt(
             ids.append(token)
     check_image_tokens(ids, grids, image_token_id=pad, merge_size=merge_size, problem_id=problem_id)
     return ids
-
-
-class PromptFilter:
-    """Keeps prompts of at most ``max_prompt_length`` tokens (EasyR1's ``filter_overlong_prompts`` rule) and
-    counts what it drops, so a run can report how much of a data set survived.
-
-    Give it `build_prompt`'s ids: EasyR1 measures the processor's output, image pads expanded."""
-
-    def __init__(self, max_prompt_length: int):
-        if max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be positive, got {max_prompt_length}")
-        self.max_prompt_length = max_prompt_length
-        self.seen = 0
-        self.dropped = 0
-
-    def __call__(self, prompt_ids: Sequence[int]) -> bool:
-        """True if the prompt fits; counts it either way."""
-        self.seen += 1
-        keep = len(prompt_ids) <= self.max_prompt_length
-        self.dropped += not keep
-        return keep
-
-    def summary(self) -> str:
-        return f"filtered {self.dropped} of {self.seen} prompts longer than {self.max_prompt_length} tokens"
-
-
-def filter_overlong(
-    prompts: Iterable[T], max_prompt_length: int, *, prompt_ids: Callable[[T], Sequence[int]] = lambda p: p
-) -> tuple[list[T], PromptFilter]:
-    """The prompts of at most ``max_prompt_length`` tokens, in order, and the filter holding the counts.
-
-    ``prompt_ids`` picks the token ids out of an item (default: the item is the ids), so rows can carry their
-    answers and images through. Logs the filter's summary line.
-    """
-    prompt_filter = PromptFilter(max_prompt_length)
-    kept = [prompt for prompt in prompts if prompt_filter(prompt_ids(prompt))]
-    logger.info(prompt_filter.summary())
-    return kept, prompt_filter

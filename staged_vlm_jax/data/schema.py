@@ -95,10 +95,27 @@ class ImageRef:
         over Pillow's decompression-bomb limit) and ``unprocessable_image`` for one the pre-resize cannot shrink
         or grow into the range (an extreme aspect ratio collapses a side to zero).
         """
+        image = self._open(lambda opened: opened.load())
+        if pixel_range is not None:
+            try:
+                image = easyr1_resize(image, *pixel_range)
+            except ValueError as error:
+                message = f"cannot resize image {self.name!r} ({image.width}x{image.height}) into {pixel_range} pixels"
+                raise DataError(self.where, self.field, f"{message}: {error}", reason="unprocessable_image") from error
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+    def size(self) -> tuple[int, int]:
+        """(width, height) from the file's header, without decoding the pixels (so a truncated file passes here and
+        fails in `load`); raises `DataError` as `load` does for a missing or unreadable file."""
+        return self._open(lambda image: None).size
+
+    def _open(self, read: Callable[[Image.Image], object]) -> Image.Image:
+        """The opened image after ``read`` (Pillow's ``load`` decodes it), with failures as `DataError`s."""
         try:
             data = self.source if isinstance(self.source, bytes) else self.source.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
-                image.load()
+                read(image)
+                return image
         except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
             raise DataError(
                 self.where, self.field, f"cannot open image {self.name!r}: {error.strerror}", reason="missing_image"
@@ -107,13 +124,6 @@ class ImageRef:
             raise DataError(
                 self.where, self.field, f"cannot decode image {self.name!r}: {error}", reason="corrupt_image"
             ) from error
-        if pixel_range is not None:
-            try:
-                image = easyr1_resize(image, *pixel_range)
-            except ValueError as error:
-                message = f"cannot resize image {self.name!r} ({image.width}x{image.height}) into {pixel_range} pixels"
-                raise DataError(self.where, self.field, f"{message}: {error}", reason="unprocessable_image") from error
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,20 +250,24 @@ def mcq_problem(question: str, options: Mapping[str, str]) -> str:
 
 @dataclasses.dataclass
 class SkipCounter:
-    """Rows skipped under ``on_error="skip"``, counted by `DataError.reason`, plus the first error for context."""
+    """Rows skipped under ``on_error="skip"``: every error (for ``data_errors.jsonl``), counted by
+    `DataError.reason`."""
 
     rows_seen: int = 0
     counts: Counter[str] = dataclasses.field(default_factory=Counter)
-    first_error: DataError | None = None
+    errors: list[DataError] = dataclasses.field(default_factory=list)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def first_error(self) -> DataError | None:
+        return self.errors[0] if self.errors else None
+
     def record(self, error: DataError) -> None:
         self.counts[error.reason] += 1
-        if self.first_error is None:
-            self.first_error = error
+        self.errors.append(error)
 
     def summary(self) -> str:
         """One line: ``skipped 3 of 120 rows (missing_image: 2, answer_not_string: 1); first: <message>``."""

@@ -65,6 +65,21 @@ _PARQUET_BATCH_ROWS = 256
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSource:
+    """One data file of a capability; image paths in it are relative to ``image_root`` (default: its folder).
+
+    ``repeat``: how many times each row appears per epoch when sources are concatenated. ``append_format`` False:
+    its prompts get no think/boxed instruction (`Example.append_format`).
+    """
+
+    path: PathLike
+    capability: str
+    image_root: PathLike | None = None
+    repeat: int = 1
+    append_format: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class ReadOptions:
     """What `read_rows` was asked for, as every ``build`` step sees it."""
 

@@ -167,10 +167,10 @@ class Checkpointer:
         restored = self._restore(global_step, "optimizer", target, "this stage's trainable parameters")
         learner.state = state.replace(**restored)
 
-    def set_aside(self, global_step: int) -> epath.Path:
+    def set_aside(self, global_step: int, why: str = "damaged") -> epath.Path:
         """Moves checkpoint ``global_step`` out of the manager's directory, files intact, to
-        ``<directory>.damaged/<step>`` (a numbered suffix if that exists); returns where it went."""
-        target = self.directory.parent / f"{self.directory.name}.damaged" / str(global_step)
+        ``<directory>.<why>/<step>`` (a numbered suffix if that exists); returns where it went."""
+        target = self.directory.parent / f"{self.directory.name}.{why}" / str(global_step)
         suffix = 1
         while target.exists():
             target = target.with_name(f"{global_step}.{suffix}")

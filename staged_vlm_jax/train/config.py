@@ -79,6 +79,7 @@ class DataSpec:
     image_backend: str = "pil"  # the processor's resize kernel, an `images.BACKENDS` name
     worker_threads: int = 0
     on_error: str = "raise"
+    verify_images: bool = False  # decode every image at start-up (the screen reads only their headers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +96,14 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSpec:
-    """A registered reward (`rewards.REWARDS`) scored in ``num_workers`` processes with a per-item timeout."""
+    """A registered reward (`rewards.REWARDS`) scored in ``num_workers`` processes with a per-item timeout, each
+    worker's memory and each item's CPU time limited by the kernel (`RewardPool`; 0 lifts a limit)."""
 
     name: str = "math"
     num_workers: int = 4
     timeout_s: float = 5.0
+    memory_limit_mb: int = 4096
+    cpu_limit_s: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +163,18 @@ class CheckpointSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class WatchSpec:
+    """When a run stops as collapsed (`watch.CollapseWatch`): after this many consecutive steps of one symptom;
+    0 turns a check off. ``uniform_entropy``: the share of ln(vocab size) at or above which the policy counts as
+    uniform (a collapse only if the stage did not start there, as a random-init model does)."""
+
+    skipped_steps: int = 3
+    zero_grad_steps: int = 3
+    uniform_steps: int = 3
+    uniform_entropy: float = 0.98
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSpec:
     """A whole run, resolved: every section typed and validated."""
 
@@ -174,6 +190,7 @@ class RunSpec:
     reward: RewardSpec = RewardSpec()
     eval: EvalSpec = EvalSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
+    watch: WatchSpec = WatchSpec()
     compilation_cache: str = "{workdir}/jax_cache"
     sharding_rules: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -336,6 +353,9 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
         problems = kind.problems(rollout, reward.name)
         if not (learner.learning_rate > 0 and math.isfinite(learner.learning_rate)):
             problems.append(f"learner.learning_rate: {learner.learning_rate}; must be positive and finite")
+        if reward.num_workers < 1 or not reward.timeout_s > 0 or min(reward.memory_limit_mb, reward.cpu_limit_s) < 0:
+            problems.append(f"reward: num_workers >= 1, timeout_s > 0, memory_limit_mb and cpu_limit_s >= 0 (0: no "
+                            f"limit); got {reward}")  # fmt: skip
         if problems:  # the stage's value, from its own section or the run's
             raise ConfigKeyError(f"{where}: {problems[0]}")
         rows_per_prompt = kind.rows_per_prompt(rollout)
@@ -349,6 +369,9 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
                              f"({held_out.temperature}) must be >= 0, top_p ({held_out.top_p}) in (0, 1]")  # fmt: skip
     if spec.checkpoint.every_steps < 1 or spec.checkpoint.keep < 1:
         raise ConfigKeyError("config.checkpoint: every_steps and keep must be >= 1")
+    watch = spec.watch
+    if min(watch.skipped_steps, watch.zero_grad_steps, watch.uniform_steps) < 0 or not 0 < watch.uniform_entropy <= 1:
+        raise ConfigKeyError(f"config.watch: step counts must be >= 0 (0: off), uniform_entropy in (0, 1]; got {watch}")
     return spec
 
 

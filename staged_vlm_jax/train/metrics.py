@@ -37,9 +37,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line that is not a record (hand-edited, or damaged on disk), named by file:line."""
+
+
 def read_metrics(path: PathLike) -> list[dict]:
     """Parses a metrics.jsonl file, ignoring a last line left unfinished by a kill mid-write (files written
-    before the whole-file rewrite could have one)."""
+    before the whole-file rewrite could have one). Raises `MetricsFileError` naming ``file:line`` for any other
+    line that is not a JSON object with an integer ``global_step``."""
     path = as_path(path)
     lines = path.read_text().splitlines()
     rows = []
@@ -49,9 +54,10 @@ def read_metrics(path: PathLike) -> list[dict]:
         except json.JSONDecodeError as e:
             if lineno == len(lines):
                 break  # a partial last line: the process died while writing it
-            raise ValueError(f"{path}:{lineno}: corrupt metrics line: {e}") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            raise MetricsFileError(f"{path}:{lineno}: corrupt metrics line ({e}); delete or fix it") from e
+        if not isinstance(row, dict) or not isinstance(row.get("global_step"), int):
+            raise MetricsFileError(f"{path}:{lineno}: expected a JSON object with an integer global_step, got "
+                                   f"{line[:80]!r}; delete or fix the line")  # fmt: skip
         rows.append(row)
     return rows
 

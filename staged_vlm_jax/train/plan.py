@@ -20,6 +20,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +31,14 @@ from staged_vlm_jax import models
 from staged_vlm_jax.data.batch import bucket
 from staged_vlm_jax.data.pipeline import DataSource
 from staged_vlm_jax.data.schema import DataError, SkipCounter
+from staged_vlm_jax.data.screen import DataScreen
 from staged_vlm_jax.data.sources import read_rows
+from staged_vlm_jax.data.tokenizer import TokenizerError
 from staged_vlm_jax.models.sharding import batch_sharding, batch_shards, make_mesh
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig, TrainBatch, micro_batch_spread_warning
 from staged_vlm_jax.rl.rollout import RolloutEngine
 from staged_vlm_jax.train import config as config_lib
+from staged_vlm_jax.train import workdir as workdir_lib
 from staged_vlm_jax.train.export import model_config
 from staged_vlm_jax.train.kinds import STAGE_KINDS
 from staged_vlm_jax.train.workdir import write_synthetic_data
@@ -62,12 +66,22 @@ def data_source(spec: config_lib.RunSpec, name: str, repeat: int = 1) -> DataSou
                       append_format=source.append_format)  # fmt: skip
 
 
-def count_rows(source: DataSource, verify_images: bool = True) -> int:
-    """Usable rows of a data file (malformed rows skipped, as a stage's pipeline may skip them; rows whose images
-    do not decode too, unless ``verify_images`` is off)."""
-    rows = read_rows(source.path, capability=source.capability, image_root=source.image_root, on_error="skip",
-                     skipped=SkipCounter(), verify_images=verify_images)  # fmt: skip
-    return sum(1 for _ in rows)
+def file_rows(spec: config_lib.RunSpec) -> Callable[[str], int]:
+    """Rows per source name as the files hold them (malformed rows skipped; images and prompt lengths not looked
+    at): the count `staged-vlm plan` falls back to without a tokenizer to screen with."""
+
+    def count(name: str) -> int:
+        source = data_source(spec, name)
+        rows = read_rows(source.path, capability=source.capability, image_root=source.image_root, on_error="skip",
+                         skipped=SkipCounter(), verify_images=False)  # fmt: skip
+        return sum(1 for _ in rows)
+
+    return count
+
+
+def screened_rows(spec: config_lib.RunSpec, screen: DataScreen) -> Callable[[str], int]:
+    """Usable rows per source name after ``screen`` (bad rows and over-long prompts dropped, as EasyR1 counts)."""
+    return lambda name: len(screen(data_source(spec, name)).examples)
 
 
 def stage_rows(stage: config_lib.StageSpec, rows: dict[str, int]) -> int:
@@ -80,20 +94,21 @@ def stage_steps(stage: config_lib.StageSpec, rows: dict[str, int]) -> int:
     return stage.steps or stage.epochs * (stage_rows(stage, rows) // stage.batch_size)
 
 
-def plan_stages(spec: config_lib.RunSpec) -> list[StagePlan]:
-    """Every scheduled stage's step count and its offset in the run's global steps (module docstring)."""
-    rows: dict[str, int] = {}
+def plan_stages(spec: config_lib.RunSpec, rows: Callable[[str], int]) -> list[StagePlan]:
+    """Every scheduled stage's step count and its offset in the run's global steps (module docstring), with each
+    source's rows counted by ``rows`` (`screened_rows` for a run)."""
+    counts: dict[str, int] = {}
     plans, total = [], 0
     for index, name in enumerate(spec.schedule):
         stage = spec.stages[name]
         if not stage.steps:
             for source_name in stage.data:
-                if source_name not in rows:
-                    rows[source_name] = count_rows(data_source(spec, source_name))
-        steps = stage_steps(stage, rows)
+                if source_name not in counts:
+                    counts[source_name] = rows(source_name)
+        steps = stage_steps(stage, counts)
         if steps < 1:
             raise config_lib.ConfigKeyError(
-                f"config.stages.{name}: its data ({', '.join(f'{s}: {rows[s]} rows' for s in stage.data)}) "
+                f"config.stages.{name}: its data ({', '.join(f'{s}: {counts[s]} rows' for s in stage.data)}) "
                 f"fills no batch of batch_size {stage.batch_size}"
             )
         plans.append(StagePlan(index, name, stage, steps, total))
@@ -326,11 +341,11 @@ def size_report(sizes: list[ProgramSize], target: Topology, headroom: float) -> 
     return lines
 
 
-def stage_lines(spec: config_lib.RunSpec) -> list[str]:
-    """``stage NAME: S steps (E epochs x K batches of B; R rows per epoch, ...)`` per scheduled stage; rows are
-    counted without decoding images, and a data file that is not there (planning away from the data) gives
+def stage_lines(spec: config_lib.RunSpec, rows: Callable[[str], int]) -> list[str]:
+    """``stage NAME: S steps (E epochs x K batches of B; R rows per epoch, ...)`` per scheduled stage, with each
+    source's rows counted by ``rows``; a data file that is not there (planning away from the data) gives
     ``? steps`` naming it."""
-    rows: dict[str, int] = {}
+    counts: dict[str, int] = {}
     lines = []
     for name in spec.schedule:
         stage = spec.stages[name]
@@ -339,9 +354,9 @@ def stage_lines(spec: config_lib.RunSpec) -> list[str]:
             continue
         missing = []
         for source_name in stage.data:
-            if source_name not in rows:
+            if source_name not in counts:
                 try:
-                    rows[source_name] = count_rows(data_source(spec, source_name), verify_images=False)
+                    counts[source_name] = rows(source_name)
                 except FileNotFoundError as error:
                     missing.append(f"{error.filename or error}: not found")
                 except DataError as error:
@@ -349,8 +364,8 @@ def stage_lines(spec: config_lib.RunSpec) -> list[str]:
         if missing:
             lines.append(f"stage {name}: ? steps ({'; '.join(missing)}), batch {stage.batch_size}")
             continue
-        epoch = stage_rows(stage, rows)
-        lines.append(f"stage {name}: {stage_steps(stage, rows)} steps ({stage.epochs} epochs x "
+        epoch = stage_rows(stage, counts)
+        lines.append(f"stage {name}: {stage_steps(stage, counts)} steps ({stage.epochs} epochs x "
                      f"{epoch // stage.batch_size} batches of {stage.batch_size}; {epoch} rows per epoch, the last "
                      "partial batch dropped)")  # fmt: skip
     return lines
@@ -373,13 +388,23 @@ def use_host_devices(count: int) -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
+def _plan_rows(spec: config_lib.RunSpec, workdir: epath.Path) -> Callable[[str], int]:
+    """Rows as the run will count them (screened) when the run's tokenizer is at hand, else the files' rows."""
+    try:
+        tokenizer = workdir_lib.tokenizer(spec, workdir)
+    except (TokenizerError, OSError) as error:
+        print(f"plan: counting the files' rows, before the over-long filter ({error})", file=sys.stderr)
+        return file_rows(spec)
+    return screened_rows(spec, DataScreen(tokenizer, spec.image_inputs(), spec.data.max_prompt_length, "skip"))
+
+
 def plan_lines(config, target: Topology | None, headroom: float = 0.9) -> list[str]:
     """What `staged-vlm plan` prints: the stage table and, for ``target``, every program's size and the verdict.
     With a target, `use_host_devices` must have been called first."""
     with tempfile.TemporaryDirectory(prefix="staged_vlm_plan_") as workdir:
         spec = config_lib.resolve(config, workdir)
         write_synthetic_data(spec, epath.Path(workdir))  # the testbed's data (none for real runs)
-        lines = stage_lines(spec)
+        lines = stage_lines(spec, _plan_rows(spec, epath.Path(workdir)))
     if target is None:
         return lines
     model_cfg = model_config(spec)

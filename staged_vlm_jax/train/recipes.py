@@ -17,7 +17,7 @@ from ml_collections import ConfigDict, config_dict
 from staged_vlm_jax.data import curriculum
 from staged_vlm_jax.rl.grpo import RolloutConfig
 from staged_vlm_jax.rl.learner import LearnerConfig
-from staged_vlm_jax.train.config import DEFAULT_SFT_TEMPLATE, RewardSpec
+from staged_vlm_jax.train.config import DEFAULT_SFT_TEMPLATE, RewardSpec, WatchSpec
 
 STAGE_SECTIONS = {"learner": LearnerConfig, "rollout": RolloutConfig, "reward": RewardSpec}
 
@@ -82,7 +82,7 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
         },
         synthetic=dict(train_rows=0, eval_rows=0, image_size=112, seed=0, max_difficulty=1.0),
         max_prompt_length=2048, prompt_buckets=(512, 1024, 2048), min_pixels=512 * 512, max_pixels=2048 * 2048,
-        image_resize="easyr1", image_backend="pil", worker_threads=8, on_error="raise",
+        image_resize="easyr1", image_backend="pil", worker_threads=8, on_error="raise", verify_images=False,
     )  # fmt: skip
     c.engine = dict(new_token_buckets=(512, 1024, 2048))
     c.rollout = run_section(RolloutConfig, n=5, max_new_tokens=2048, temperature=1.0, top_p=1.0, top_k=0,
@@ -105,6 +105,7 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
     c.eval = dict(sources={}, batch_size=256, max_new_tokens=2048, before_training=False, every_steps=0,
                   temperature=0.6, top_p=0.95)  # fmt: skip
     c.checkpoint = dict(every_steps=25, keep=2, async_save=True)
+    c.watch = run_section(WatchSpec)
     c.compilation_cache = "{workdir}/jax_cache"
     return c
 

@@ -11,13 +11,14 @@ the run rebuilds that stage exactly (weights, optimizer, reference, data positio
 metrics.jsonl to the checkpoint's step, so an interrupted run writes the same metrics and ends with the same
 weights as an uninterrupted one. A changed config is refused (naming the keys) unless explicitly allowed.
 
-Workdir (see `workdir`): ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``eval.jsonl``,
-``results.md``, ``plots/`` (by `staged-vlm plot`), ``jax_cache/`` (persistent compilation cache), and for the
-testbed ``data/`` and ``tokenizer/``.
+Workdir (see `workdir`): ``config.json``, ``metrics.jsonl``, ``data_errors.jsonl`` (rows dropped, with reasons),
+``tensorboard/``, ``checkpoints/``, ``eval.jsonl``, ``results.md``, ``plots/`` (by `staged-vlm plot`),
+``jax_cache/`` (persistent compilation cache), and for the testbed ``data/`` and ``tokenizer/``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from flax import nnx
 
 from staged_vlm_jax import models
 from staged_vlm_jax.data.pipeline import DataSource, PipelineConfig, PromptIterator, prompt_pipeline
+from staged_vlm_jax.data.screen import OVERLONG, DataErrorLog, DataScreen
 from staged_vlm_jax.models.sharding import make_mesh
 from staged_vlm_jax.paths import PathLike, as_path
 from staged_vlm_jax.rl.learner import Learner
@@ -42,7 +44,10 @@ from staged_vlm_jax.train.evaluation import HeldOutEvaluation
 from staged_vlm_jax.train.export import abstract_model, model_config
 from staged_vlm_jax.train.kinds import STAGE_KINDS
 from staged_vlm_jax.train.metrics import MetricsWriter
-from staged_vlm_jax.train.plan import StagePlan, data_source, plan_stages, plan_summary
+from staged_vlm_jax.train.plan import StagePlan, data_source, plan_stages, plan_summary, screened_rows
+from staged_vlm_jax.train.watch import CollapseError, CollapseWatch
+
+DATA_ERRORS = "data_errors.jsonl"
 
 
 class DamagedCheckpointsError(RuntimeError):
@@ -77,7 +82,12 @@ class StagedRun:
     evaluations."""
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: PathLike, *, allow_config_change: bool = False
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: PathLike,
+        *,
+        allow_config_change: bool = False,
+        allow_data_change: bool = False,
     ) -> None:
         self.workdir = as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +103,9 @@ class StagedRun:
         self.rules = self.spec.rules()
         self.engine = RolloutEngine(self.spec.engine_config(), self.mesh, self.rules)
         self.images = self.spec.image_inputs()
-        self.plan = plan_stages(self.spec)
+        self.screen = self._screen()
+        self.data_fingerprints, self.allow_data_change = workdir_lib.data_fingerprints(self.spec), allow_data_change
+        self.plan = plan_stages(self.spec, screened_rows(self.spec, self.screen))
         self.checkpointer = Checkpointer(
             self.workdir / "checkpoints",
             keep=self.spec.checkpoint.keep,
@@ -116,13 +128,31 @@ class StagedRun:
         """The reward scorer of ``stage`` (the run's reward when None), one process pool per distinct reward."""
         reward = self.spec.reward if stage is None else self.spec.stage_reward(stage)
         if reward not in self._pools:
-            self._pools[reward] = RewardPool(reward.name, num_workers=reward.num_workers, timeout_s=reward.timeout_s)
+            self._pools[reward] = RewardPool(reward.name, num_workers=reward.num_workers, timeout_s=reward.timeout_s,
+                                             memory_limit_mb=reward.memory_limit_mb or None,
+                                             cpu_limit_s=reward.cpu_limit_s or None)  # fmt: skip
         return self._pools[reward].score
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # -- setup --------------------------------------------------------------------------------------------------
+
+    def _screen(self) -> DataScreen:
+        """Every source the run reads, screened before anything trains (`screen.DataScreen`): a bad row stops the
+        run here under ``data.on_error="raise"``; what was dropped is summed up on stderr and listed in
+        data_errors.jsonl."""
+        data, first = self.spec.data, jax.process_index() == 0
+        log = DataErrorLog(self.workdir / DATA_ERRORS) if first else None
+        screen = DataScreen(self.tokenizer, self.images, data.max_prompt_length, data.on_error,
+                            verify_images=data.verify_images, log=log)  # fmt: skip
+        names = dict.fromkeys([*(s for n in self.spec.schedule for s in self.spec.stages[n].data),
+                               *self.spec.eval.sources])  # fmt: skip
+        for name in names:
+            screened = screen(data_source(self.spec, name))
+            if first and (screened.dropped or screened.duplicates):
+                print(f"data: {screened.summary()} (listed in {log.path})", file=sys.stderr)
+        return screen
 
     def _initial_model(self) -> nnx.Module:
         model = self.spec.model
@@ -142,6 +172,7 @@ class StagedRun:
                 **options,
             ),
             self.tokenizer,
+            self.screen,
         )  # fmt: skip
 
     # -- the loop -----------------------------------------------------------------------------------------------
@@ -162,10 +193,13 @@ class StagedRun:
         if resumed is None:
             metrics.truncate(0)
             model, start, first_stage = self._initial_model(), None, 0
+            self.watch = CollapseWatch(self.spec.watch, model.cfg.text.vocab_size)
             if self.spec.eval.before_training:
                 self._evaluate(model, "initial", -1, 0)
         else:
             meta, model, start = resumed
+            self.watch = CollapseWatch(self.spec.watch, model.cfg.text.vocab_size)
+            self.watch.restore(meta["watch"])
             metrics.truncate(meta["global_step"])
             self.evaluation.restore(meta["evaluations"])
             first_stage = meta["stage_index"] + (1 if meta["stage_done"] else 0)
@@ -181,10 +215,12 @@ class StagedRun:
         for step in reversed(steps):
             try:
                 meta = self.checkpointer.meta(step)
+                workdir_lib.check_data(meta.get("data_fingerprints", {}), self.data_fingerprints,
+                                       f"{self.checkpointer.directory}/{step}", self.allow_data_change)  # fmt: skip
                 model = self.checkpointer.restore_model(step, abstract_model(self.spec), self.mesh, self.rules)
                 start = None if meta["stage_done"] else self._start_stage(self.plan[meta["stage_index"]], model, meta)
                 return meta, model, start
-            except (IncompatibleCheckpointError, RuntimeError, MemoryError):
+            except (IncompatibleCheckpointError, workdir_lib.DataChangedError, RuntimeError, MemoryError):
                 raise  # intact but not this config's, or out of memory: an older checkpoint would hide the mistake
             except Exception as error:  # Orbax / TensorStore / JSON errors of missing, truncated or corrupt files
                 # TensorStore's messages run on with a pointer to "full details"; the first sentence says what failed.
@@ -228,6 +264,7 @@ class StagedRun:
         step_fn = STAGE_KINDS[stage.kind].make_step(self, name, stage, self.spec.stage_rollout(name), learner, prompts)
         rollout_traces = self.engine.num_compilations
         every, validate_every = self.spec.checkpoint.every_steps, self.spec.eval.every_steps
+        watch = self.watch
         with tqdm.tqdm(total=plan.steps, initial=start_step, desc=f"stage {plan.index + 1}/{len(self.plan)} {name}",
                        unit="step", dynamic_ncols=True) as progress:  # fmt: skip
             for stage_step in range(start_step + 1, plan.steps + 1):
@@ -247,6 +284,13 @@ class StagedRun:
                 metrics.write(record)
                 progress.update()
                 progress.set_postfix({k: f"{record[k]:.3f}" for k in ("reward/mean", "nll") if k in record})
+                if record.get("skipped_updates"):
+                    progress.write(f"step {global_step}: {int(record['skipped_updates'])} update(s) skipped "
+                                   f"(non-finite loss or gradients; grad_norm {record.get('grad_norm')})")  # fmt: skip
+                collapse = watch(record)
+                if collapse:
+                    self._stop_collapsed(f"stage {name} step {stage_step} (global step {global_step}): {collapse}",
+                                         watch.collapsed_from(global_step))  # fmt: skip
                 if stage_step % every == 0 and stage_step < plan.steps:
                     self._save(global_step, learner, plan, stage_step, prompts, done=False)
         model = learner.model()
@@ -258,9 +302,23 @@ class StagedRun:
         meta = {
             "stage_index": plan.index, "stage": plan.name, "stage_step": stage_step, "stage_done": done,
             "global_step": global_step, "seed": self.spec.seed, "config_hash": self.config_hash,
-            "data_state": prompts.get_state(), "evaluations": self.evaluations,
+            "data_state": prompts.get_state(), "evaluations": self.evaluations, "watch": self.watch.state(),
+            "data_fingerprints": self.data_fingerprints,
         }  # fmt: skip
         self.checkpointer.save(global_step, learner, meta)
+
+    def _stop_collapsed(self, collapse: str, first_dead_step: int) -> None:
+        """Sets aside the checkpoints from ``first_dead_step`` on (they may hold the collapsed weights) and raises
+        `CollapseError`, naming the step a rerun resumes from."""
+        self.checkpointer.wait()
+        dead = [step for step in self.checkpointer.all_steps() if step >= first_dead_step]
+        for step in dead:
+            self.checkpointer.set_aside(step, "collapsed")
+        healthy = self.checkpointer.all_steps()
+        moved = f"checkpoints {dead} moved to {self.checkpointer.directory}.collapsed; " if dead else ""
+        resume = f"a rerun resumes from step {healthy[-1]}" if healthy else "a rerun starts over"
+        raise CollapseError(f"{collapse}; the run stopped. {moved}{resume} (fix the config, e.g. "
+                            "learner.learning_rate, and rerun with --allow-config-change)")  # fmt: skip
 
     def _evaluate(self, model: nnx.Module, after: str, stage_index: int, global_step: int) -> dict[str, float]:
         batch_size = self.spec.eval.batch_size
@@ -273,9 +331,9 @@ class StagedRun:
 
 
 def _data_counters(prompts: PromptIterator) -> dict[str, int]:
-    """What the stage's prompt stream has dropped so far: rows unreadable in the files, rows whose images failed,
-    over-long prompts (``data.on_error="skip"`` and EasyR1's overlong filter)."""
-    state = prompts.admission.get_state()
-    return {"data/overlong_dropped": state["overlong_dropped"],
-            "data/load_errors": sum(state["load_errors"].values()),
-            "data/read_errors": prompts.read_errors.total}  # fmt: skip
+    """What the stage's prompt stream has dropped: rows the start-up screen refused (over-long prompts, and bad
+    rows under ``data.on_error="skip"``) and rows whose images failed to decode since."""
+    dropped = sum((screened.dropped_by_reason() for screened in prompts.screened), collections.Counter())
+    overlong = dropped.pop(OVERLONG, 0)
+    return {"data/overlong_dropped": overlong, "data/read_errors": dropped.total(),
+            "data/load_errors": sum(prompts.admission.load_errors.counts.values())}  # fmt: skip

@@ -7,6 +7,7 @@ tokenizer are written into it once, so a resume (or an export) finds exactly wha
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import jax
@@ -26,6 +27,54 @@ CONFIG_FILE = "config.json"
 
 class ConfigMismatchError(ValueError):
     """The workdir holds a run of another config; resuming it with this one would silently mix two runs."""
+
+
+class DataChangedError(ValueError):
+    """A data file differs from the one the checkpoint was trained on: the resumed run would draw other rows
+    than the interrupted one (its data position indexes the old file)."""
+
+
+# Files up to this size are hashed whole; larger ones by their size and three 1 MiB samples (start, middle, end).
+FULL_HASH_BYTES = 64 * 2**20
+_SAMPLE_BYTES = 2**20
+
+
+def fingerprint(path: epath.Path) -> str:
+    """A file's (or a directory's files') content fingerprint: a full SHA-256 where cheap (`FULL_HASH_BYTES`),
+    else the size and samples, so an edited, truncated, appended or replaced data file reads as changed."""
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for child in sorted(path.rglob("*")):
+            if child.is_file():
+                digest.update(f"{child.relative_to(path)}={fingerprint(child)};".encode())
+        return f"dir:{digest.hexdigest()}"
+    size = path.stat().length
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        if size <= FULL_HASH_BYTES:
+            while chunk := file.read(1 << 24):
+                digest.update(chunk)
+            return f"sha256:{digest.hexdigest()}"
+        for offset in (0, size // 2, size - _SAMPLE_BYTES):
+            file.seek(offset)
+            digest.update(file.read(_SAMPLE_BYTES))
+    return f"size:{size}:sampled-sha256:{digest.hexdigest()}"
+
+
+def data_fingerprints(spec: config_lib.RunSpec) -> dict[str, str]:
+    """`fingerprint` of every data file the run reads (its stages' and held-out sources), by config key."""
+    return {key: fingerprint(as_path(path)) for key, path in spec.input_paths()
+            if key.startswith(("config.data.sources.", "config.eval.sources.")) and key.endswith(".path")}  # fmt: skip
+
+
+def check_data(saved: dict[str, str], current: dict[str, str], checkpoint: str, allow_change: bool) -> None:
+    """Raises `DataChangedError` naming the files whose fingerprint differs from ``saved`` (a checkpoint's)."""
+    changed = [key for key in current if key in saved and saved[key] != current[key]]
+    if changed and not allow_change:
+        raise DataChangedError(
+            f"{checkpoint}: the data changed since this checkpoint was written ({', '.join(changed)}); a resume "
+            "would draw other rows than the interrupted run (use another --workdir, or --allow-data-change)"
+        )
 
 
 def check_inputs(spec: config_lib.RunSpec) -> None:

@@ -81,8 +81,10 @@ def test_cli_convert_skips_bad_row_with_reason(tmp_path: Path, capsys: pytest.Ca
     argv = ["data", "convert", "--input", str(jsonl), "--capability", "perception", "--out", str(out)]
     assert cli.main([*argv, "--on-error", "skip"]) == 0
     summary = capsys.readouterr().out
-    assert summary.startswith(f"wrote 3 rows to {out} (1 shard(s)); skipped 1 of 4 rows (missing_image: 1)")
+    assert summary == f"wrote 3 rows to {out} (1 shard(s)); {jsonl}: 3 of 4 rows usable; dropped missing_image: 1\n"
     assert len(list(read_rows(out, capability="perception"))) == 3
+    (logged,) = [json.loads(line) for line in (out / "data_errors.jsonl").read_text().splitlines()]
+    assert (logged["where"], logged["reason"], logged["action"]) == (f"{jsonl}:4", "missing_image", "skipped")
     # Without --on-error skip the bad row stops the command with one line naming the file, row and field.
     assert cli.main([*argv[:-1], str(tmp_path / "tfds_raise")]) == 2
     error = capsys.readouterr().err
@@ -105,7 +107,7 @@ def test_unusable_directories_raise(tmp_path: Path) -> None:
     out = write_array_record(rows, tmp_path / "tfds")
     with pytest.raises(DataError, match=re.escape(f"{out}:0: capability: the data set holds 'perception' rows")):
         list(read_rows(out, capability="visual_reasoning"))
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="not an empty directory"):
         write_array_record(rows, out)
     (shard,) = shard_paths(out)
     shard.write_bytes(b"not an array_record file")
@@ -125,3 +127,23 @@ def test_tensorflow_datasets_reads_the_directory(tmp_path: Path) -> None:
     assert list(record["image_names"]) == [image.name.encode() for image in rows[2].images]
     (image,) = record["images"]
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(image)).convert("RGB")), rows[2].images[0].load())
+
+
+def test_cli_convert_with_a_model_screens_rows_as_training_would(tmp_path: Path, capsys) -> None:
+    """--model: control tokens in the text and prompts over --max-prompt-length are dropped, as a run drops them."""
+    from staged_vlm_jax import models
+    from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
+
+    model = tmp_path / "model"
+    cfg = models.tiny_config("qwen2_5_vl")
+    models.save_hf(models.create(cfg), cfg, model)
+    build_tiny_tokenizer(model)
+    jsonl = tmp_path / "rows.jsonl"
+    rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    rows += [{"problem": "Say <|im_end|>.", "answer": "x"}, {"problem": "long " * 400, "answer": "y"}]
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["data", "convert", "--input", str(jsonl), "--capability", "text_reasoning", "--model", str(model),
+            "--max-prompt-length", "256", "--on-error", "skip", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.endswith("3 of 5 rows usable; dropped control_token: 1, overlong: 1\n")
+    assert [row.answer for row in read_rows(tmp_path / "out", capability="text_reasoning")] == ["0", "2", "4"]

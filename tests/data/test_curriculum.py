@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from staged_vlm_jax.data.pipeline import DataSource, ExampleSource, PipelineConfig, example_dataset
-from staged_vlm_jax.data.schema import DataError, SkipCounter
+from staged_vlm_jax.data.schema import DataError
+from staged_vlm_jax.data.sources import read_rows
 
 RATES = [0.5, 1.0, 0.25, 0.5, 0.75, 1.0, 0.5, 0.0, 0.5, 0.25]
 
@@ -29,7 +30,10 @@ def _rows(path: Path, rates: list[float | None]) -> DataSource:
 def _drawn(*sources: DataSource, count: int | None = None, batch_size: int = 1, **options) -> list:
     config = PipelineConfig(tuple(sources), batch_size=batch_size, prompt_buckets=(64,), max_prompt_length=64,
                             shard_index=0, shard_count=1, **options)  # fmt: skip
-    read = [ExampleSource.read(s, on_error="raise", skipped=SkipCounter(), verify_images=False) for s in sources]
+    read = [
+        ExampleSource(list(read_rows(s.path, capability=s.capability, verify_images=False)), str(s.path))
+        for s in sources
+    ]
     dataset = example_dataset(config, read)
     return [dataset[index] for index in range(count if count is not None else len(dataset))]
 

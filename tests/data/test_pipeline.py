@@ -20,7 +20,8 @@ from staged_vlm_jax.data.pipeline import (
     prompt_pipeline,
 )
 from staged_vlm_jax.data.prompts import FORMAT_INSTRUCTION, image_token_id
-from staged_vlm_jax.data.schema import DataError, SkipCounter
+from staged_vlm_jax.data.schema import DataError
+from staged_vlm_jax.data.sources import read_rows
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
 
@@ -69,7 +70,7 @@ def assert_same_batches(first: list[PromptBatch], second: list[PromptBatch]) -> 
 
 def example_ids(cfg: PipelineConfig, count: int | None = None) -> list[str]:
     sources = [
-        ExampleSource.read(source, on_error="raise", skipped=SkipCounter(), verify_images=False)
+        ExampleSource(list(read_rows(source.path, capability=source.capability, verify_images=False)), str(source.path))
         for source in cfg.sources
     ]
     dataset = example_dataset(cfg, sources)
@@ -97,7 +98,7 @@ def test_restored_state_continues_exactly_across_epochs(data, worker_threads):
     resumed = prompt_pipeline(cfg, data["tokenizer"])
     resumed.set_state(saved)
     assert_same_batches(list(resumed), expected)
-    assert resumed.admission.overlong.seen == uninterrupted.admission.overlong.seen == 4 * ROWS
+    assert resumed.admission.load_errors.rows_seen == uninterrupted.admission.load_errors.rows_seen == 4 * ROWS
 
 
 def test_two_shards_see_disjoint_rows_whose_union_is_the_data(data):
@@ -132,7 +133,10 @@ def test_mixture_follows_weights_and_is_deterministic(data):
 def test_overlong_prompts_are_dropped_and_counted(data):
     cfg = config(data["perception"], data["text"], batch_size=1, num_epochs=1)
     builder = PromptBuilder(data["tokenizer"], cfg.images, "raise")
-    sources = [ExampleSource.read(s, on_error="raise", skipped=SkipCounter(), verify_images=False) for s in cfg.sources]
+    sources = [
+        ExampleSource(list(read_rows(s.path, capability=s.capability, verify_images=False)), str(s.path))
+        for s in cfg.sources
+    ]
     lengths = sorted(len(builder(source[i]).input_ids) for source in sources for i in range(len(source)))
     limit = lengths[len(lengths) // 2]
     expected_dropped = sum(length > limit for length in lengths)
@@ -142,15 +146,30 @@ def test_overlong_prompts_are_dropped_and_counted(data):
     batches = list(pipeline)
     assert len(batches) == len(lengths) - expected_dropped
     assert all(batch.attention_mask.sum() <= limit for batch in batches)
-    assert (pipeline.admission.overlong.seen, pipeline.admission.overlong.dropped) == (len(lengths), expected_dropped)
+    assert sum(screened.dropped_by_reason()["overlong"] for screened in pipeline.screened) == expected_dropped
+    assert sum(screened.rows_seen for screened in pipeline.screened) == len(lengths)
 
 
-def test_a_stream_whose_every_row_is_dropped_stops_instead_of_spinning(data):
-    """num_epochs=None repeats forever: with every prompt over the limit, the filter would never pass a row."""
+def test_a_source_whose_every_prompt_is_too_long_is_refused_before_streaming(data):
     cfg = config(data["text"], num_epochs=None, max_prompt_length=8)
-    expected = (r"text_reasoning\.jsonl: rows: no usable prompt in 24 consecutive rows, a whole epoch "
-                r"\(24 over max_prompt_length\); .*data\.max_prompt_length")  # fmt: skip
+    expected = (r"text_reasoning\.jsonl: rows: no usable row \(.*0 of 24 rows usable; dropped overlong: 24\); "
+                r".*data\.max_prompt_length")  # fmt: skip
     with pytest.raises(DataError, match=expected):
+        prompt_pipeline(cfg, data["tokenizer"])
+
+
+def test_a_stream_whose_every_image_fails_late_stops_instead_of_spinning(data, tmp_path):
+    """Truncated images pass the screen (it reads headers only) and fail in the map; with num_epochs=None and
+    on_error="skip" every row would be dropped forever, so a whole epoch of drops stops the stream."""
+    rows = [json.loads(line) for line in Path(data["perception"].path).read_text().splitlines()]
+    root = Path(data["perception"].path).parent
+    for row in rows:
+        image = (root / row["images"][0]).read_bytes()
+        (tmp_path / Path(row["images"][0]).name).write_bytes(image[: len(image) // 2])
+        row["images"] = [Path(row["images"][0]).name]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cfg = config(DataSource(tmp_path / "rows.jsonl", "perception"), num_epochs=None, on_error="skip")
+    with pytest.raises(DataError, match=rf"rows: no usable prompt in {ROWS} consecutive rows.*{ROWS} corrupt_image"):
         next(prompt_pipeline(cfg, data["tokenizer"]))
 
 
@@ -194,7 +213,7 @@ def test_rows_with_missing_images_are_skipped_and_counted(data, tmp_path):
     source = DataSource(tmp_path / "rows.jsonl", "perception", image_root=Path(data["perception"].path).parent)
     pipeline = prompt_pipeline(config(source, batch_size=5, on_error="skip"), data["tokenizer"])
     assert len(list(pipeline)) == ROWS // 5
-    assert pipeline.admission.load_errors.counts == Counter({"missing_image": 1})
+    assert pipeline.screened[0].dropped_by_reason() == Counter({"missing_image": 1})  # found at start-up
     with pytest.raises(DataError, match="gone.png"):
         list(prompt_pipeline(config(source, batch_size=5), data["tokenizer"]))
 

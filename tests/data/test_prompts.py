@@ -3,7 +3,6 @@ image-pad expansion, parity of ``input_ids`` with transformers' Qwen2.5-VL proce
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 import numpy as np
@@ -227,20 +226,6 @@ def test_tokenizer_without_image_token_is_rejected():
     plain.chat_template = tokenizer.QWEN2_VL_CHAT_TEMPLATE
     with pytest.raises(ValueError, match=r"has no <\|image_pad\|> token"):
         prompts.build_prompt(plain, "<image>?", [(1, 2, 2)])
-
-
-def test_filter_overlong_counts_and_summarises(caplog):
-    rows = [{"id": i, "ids": [0] * n} for i, n in enumerate([3, 5, 8, 5, 10])]
-    with caplog.at_level(logging.INFO, logger="staged_vlm_jax.data.prompts"):
-        kept, prompt_filter = prompts.filter_overlong(rows, 5, prompt_ids=lambda row: row["ids"])
-    assert [row["id"] for row in kept] == [0, 1, 3]  # length == max_prompt_length is kept, as in EasyR1
-    assert (prompt_filter.seen, prompt_filter.dropped) == (5, 2)
-    assert prompt_filter.summary() == "filtered 2 of 5 prompts longer than 5 tokens"
-    assert "filtered 2 of 5 prompts longer than 5 tokens" in caplog.text
-    kept_ids, _ = prompts.filter_overlong([[1, 2], [1, 2, 3]], 2)
-    assert kept_ids == [[1, 2]]
-    with pytest.raises(ValueError, match="max_prompt_length must be positive"):
-        prompts.PromptFilter(0)
 
 
 def test_load_tokenizer_errors(tiny_dir, tmp_path):

@@ -1,15 +1,17 @@
 r"""Rewards: the math reward against an independent oracle of the paper's reward file, mcq and math_verify
-cases, the registry, and the RewardPool's timeouts, errors and recovery.
+cases, the registry, and the RewardPool's timeouts, errors, crashes, resource limits and recovery.
 
 The oracle is the paper's ``training/reward_functions/math.py`` (EasyR1's ``compute_score`` plus a "too complex"
 guard) rewritten compactly on mathruler's own ``extract_boxed_content`` and ``grade_answer``; with the guard off
-it is upstream EasyR1's ``examples/reward_function/math.py``. A subset of cases also pins the expected format and
-accuracy by hand, so the oracle itself is checked.
+it is upstream EasyR1's ``examples/reward_function/math.py``. Both with one deliberate difference, as in
+``math_score``: a response without a closed box scores accuracy 0 (they grade it as the text "None"). A subset of
+cases also pins the expected format and accuracy by hand, so the oracle itself is checked.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
 import time
@@ -20,13 +22,15 @@ import pytest
 from mathruler.grader import extract_boxed_content, grade_answer
 
 from staged_vlm_jax.rl import rewards
-from tests.rl.reward_fixtures import scripted_reward
+from tests.rl.reward_fixtures import FULL_MARKS, scripted_reward
 
 
 def oracle_math(response: str, ground_truth: str, guard: bool = True, format_weight: float = 0.1) -> dict:
     response = re.sub(r"\s*(<|>|/)\s*", r"\1", response)
     format_ = 1.0 if re.fullmatch(r"<think>.*</think>.*\\boxed\{.*\}.*", response, re.DOTALL) else 0.0
     answer = extract_boxed_content(response)
+    # mathruler's "None" means no closed box unless the box holds "None" (renaming it changes no brace).
+    missing = extract_boxed_content(response.replace("None", "N0ne")) == "None"
     too_complex = (
         len(answer) > 200
         or answer.count("^") + answer.count("**") > 10
@@ -35,7 +39,7 @@ def oracle_math(response: str, ground_truth: str, guard: bool = True, format_wei
         or re.search(r"\d{50,}", answer)
     )
     skipped = guard and (not answer or too_complex)  # the paper grades neither empty nor too-complex answers
-    accuracy = 0.0 if skipped else float(grade_answer(answer, ground_truth))
+    accuracy = 0.0 if missing or skipped else float(grade_answer(answer, ground_truth))
     return {
         "overall": (1 - format_weight) * accuracy + format_weight * format_,
         "format": format_,
@@ -126,8 +130,10 @@ MATH_CASES = {
     "fbox_is_not_boxed": Case(T + r"\fbox{5}", "5"),
     # missing or empty answers
     "no_box": Case(T + "5", "5", (0, 0)),
-    "no_box_gt_None": Case(T + "5", "None", (0, 1)),
-    "boxed_None": Case(T + r"\boxed{None}", "None"),
+    "no_box_gt_None": Case(T + "5", "None", (0, 0)),  # the paper's and EasyR1's reward say (0, 1)
+    "unclosed_box_gt_None": Case(T + r"\boxed{None", "None", (0, 0)),
+    "empty_response_gt_None": Case("", "None", (0, 0)),
+    "boxed_None": Case(T + r"\boxed{None}", "None", (1, 1)),  # an answer, graded like any other
     "empty_box": Case(T + r"\boxed{}", "5", (1, 0)),
     "empty_box_empty_gt": Case(T + r"\boxed{}", ""),
     "empty_response": Case("", "5", (0, 0)),
@@ -170,6 +176,22 @@ def test_guard_and_sentinel_differences_from_upstream():
     assert rewards.math_score(T + r"\boxed{}", "", reject_complex_answers=False)["accuracy"] == 1.0
     long_number = T + r"\boxed{" + "1" * 60 + "}"
     assert rewards.math_score(long_number, "1" * 60, reject_complex_answers=False)["accuracy"] == 1.0
+
+
+MISSING_ANSWER_CASES = {
+    "math": (rewards.math_score, "None"),
+    "math_unguarded": (functools.partial(rewards.math_score, reject_complex_answers=False), "None"),
+    "math_verify": (rewards.math_verify_score, "None"),
+    "mcq": (rewards.mcq_score, "N"),
+}
+
+
+@pytest.mark.parametrize(("score", "ground_truth"), MISSING_ANSWER_CASES.values(), ids=MISSING_ANSWER_CASES.keys())
+def test_a_missing_answer_is_never_correct(score, ground_truth: str):
+    # mathruler reads a response without a closed box as the text "None"; no reward may grade that text.
+    for response in (T + ground_truth, T + r"\boxed{" + ground_truth, ""):
+        assert score(response, ground_truth)["accuracy"] == 0.0, response
+    assert score(T + r"\boxed{" + ground_truth + "}", ground_truth)["accuracy"] == 1.0
 
 
 def test_format_weight_mixes_overall():
@@ -272,6 +294,10 @@ def test_pool_rejects_bad_arguments():
         rewards.RewardPool("math", num_workers=0)
     with pytest.raises(ValueError, match="timeouts must be > 0"):
         rewards.RewardPool("math", timeout_s=0)
+    with pytest.raises(ValueError, match="memory_limit_mb > 0"):
+        rewards.RewardPool("math", memory_limit_mb=0)
+    with pytest.raises(ValueError, match="cpu_limit_s > 0"):
+        rewards.RewardPool("math", cpu_limit_s=-1.0)
 
 
 POOL_TIMEOUT_S = 1.5
@@ -320,14 +346,54 @@ def test_pool_timeouts_errors_and_crashes_score_zero():
         assert stats["reward/timeouts"] == 1 and stats["reward/errors"] == 2
         scores, stats = pool.score(["exit", good], ["2"] * 2)  # a worker that dies mid-item
         assert scores == [zero, rewards.math_score(good, "2")]
-        assert stats["reward/timeouts"] == 0 and stats["reward/errors"] == 1
+        assert stats["reward/timeouts"] == 0 and stats["reward/errors"] == 0 and stats["reward/crashes"] == 1
         scores, stats = pool.score([good] * 4, ["2"] * 4)
         assert scores == [rewards.math_score(good, "2")] * 4
-        assert stats["reward/timeouts"] == 0 and stats["reward/errors"] == 0
+        assert set(stats) == {"reward/timeouts", "reward/errors", "reward/crashes", "time/reward_s"}
+        assert stats["reward/timeouts"] == 0 and stats["reward/errors"] == 0 and stats["reward/crashes"] == 0
         with pytest.raises(ValueError, match="2 responses but 1 ground truths"):
             pool.score([good, good], ["2"])
     with pytest.raises(RuntimeError, match="after close"):
         pool.score([good], ["2"])
+
+
+ZERO = {"overall": 0.0, "format": 0.0, "accuracy": 0.0}
+GOOD = T + r"\boxed{2}"
+
+
+def test_pool_replaces_a_worker_that_dies():
+    with rewards.RewardPool("test_scripted", num_workers=1) as pool:
+        scores, stats = pool.score(["pid", "exit", "pid", "kill", "pid", GOOD], ["2"] * 6)
+    pids = [scores[i]["overall"] for i in (0, 2, 4)]
+    assert len(set(pids)) == 3  # a fresh worker after each death
+    assert scores[1] == scores[3] == ZERO and scores[5] == rewards.math_score(GOOD, "2")
+    assert stats["reward/crashes"] == 2 and stats["reward/errors"] == 0 and stats["reward/timeouts"] == 0
+
+
+def test_pool_memory_limit_makes_a_huge_allocation_an_ordinary_error():
+    with rewards.RewardPool("test_scripted", num_workers=1, memory_limit_mb=256) as pool:
+        scores, stats = pool.score(["pid", "allocate", GOOD, "pid"], ["2"] * 4)  # 2 GiB under 256 MB
+        assert scores[1] == ZERO and scores[2] == rewards.math_score(GOOD, "2")
+        assert scores[0] == scores[3]  # MemoryError is the reward function's error: the worker goes on
+        assert stats["reward/errors"] == 1 and stats["reward/crashes"] == 0 and stats["reward/timeouts"] == 0
+        scores, stats = pool.score([GOOD, "allocate"], ["2"] * 2)
+        assert scores == [rewards.math_score(GOOD, "2"), ZERO] and stats["reward/errors"] == 1
+
+
+def test_pool_cpu_limit_bounds_each_item(caplog: pytest.LogCaptureFixture):
+    # The wall-clock timeout is far off, so only the CPU limit can stop "spin 10". The four half-second items
+    # use more than the limit together, and still run in one worker: the limit is per item, not per worker.
+    with rewards.RewardPool("test_scripted", num_workers=1, timeout_s=60.0, cpu_limit_s=1.0) as pool:
+        responses = ["pid", *["spin 0.5"] * 4, "pid", "spin 10", "pid", GOOD]
+        with caplog.at_level(logging.WARNING):
+            scores, stats = pool.score(responses, ["2"] * len(responses))
+        assert scores[1:5] == [FULL_MARKS] * 4 and scores[0] == scores[5]
+        assert scores[6] == ZERO and scores[7] != scores[5]  # killed, and replaced
+        assert scores[8] == rewards.math_score(GOOD, "2")
+        assert stats["reward/crashes"] == 1 and stats["reward/errors"] == 0 and stats["reward/timeouts"] == 0
+        assert "killed by SIGXCPU" in caplog.text
+        scores, stats = pool.score([GOOD, "spin 0.5"], ["2"] * 2)
+        assert scores == [rewards.math_score(GOOD, "2"), FULL_MARKS] and stats["reward/crashes"] == 0
 
 
 def test_pool_accepts_a_configured_function():

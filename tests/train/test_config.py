@@ -18,7 +18,7 @@ from staged_vlm_jax.rl.learner import batch_split_error
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import recipes
 from staged_vlm_jax.train.kinds import STAGE_KINDS
-from staged_vlm_jax.train.plan import plan_stages, stage_steps
+from staged_vlm_jax.train.plan import file_rows, plan_stages, stage_steps
 
 REPO = Path(__file__).parents[2]
 CONFIGS_DIR = REPO / "configs"
@@ -222,7 +222,8 @@ def test_merged_is_epochs_over_the_union_in_stage_order(tmp_path: Path) -> None:
     assert stage.source_order == ("visual_reasoning", "perception")  # the stages' order, whatever the names sort to
     assert (stage.epochs, stage.order, stage.trainable) == (3, "shuffle", recipes.VISION_FROZEN)
     assert merged.schedule == ("text_reasoning", "merged")
-    plans = plan_stages(config_lib.resolve(merged, tmp_path))
+    spec = config_lib.resolve(merged, tmp_path)
+    plans = plan_stages(spec, file_rows(spec))
     assert [(plan.name, plan.steps) for plan in plans] == [("text_reasoning", 15 * (29 // 8)),
                                                            ("merged", 3 * ((2 * 21 + 37) // 8))]  # fmt: skip
 

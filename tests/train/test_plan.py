@@ -14,9 +14,7 @@ import pytest
 
 from staged_vlm_jax import cli
 from staged_vlm_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
-from staged_vlm_jax.train import config as config_lib
-from staged_vlm_jax.train import plan
-from staged_vlm_jax.train.workdir import write_synthetic_data
+from staged_vlm_jax.train.stages import StagedRun
 
 REPO = Path(__file__).parents[2]
 DEMO = str(REPO / "configs" / "demo.py")
@@ -33,9 +31,8 @@ def _plan(capsys, *argv: str) -> tuple[int, list[str]]:
 def test_the_stage_table_counts_the_data_as_training_does(tmp_path, capsys):
     status, lines = _plan(capsys, "--config", DEMO)
     assert status == 0
-    spec = config_lib.resolve(cli.load_config(DEMO, []), tmp_path)
-    write_synthetic_data(spec, tmp_path)
-    expected = [f"stage {p.name}: {p.steps} steps" for p in plan.plan_stages(spec)]
+    run = StagedRun(cli.load_config(DEMO, []), tmp_path)  # the run screens its data: its plan is the truth
+    expected = [f"stage {p.name}: {p.steps} steps" for p in run.plan]
     assert [line.split(" (")[0] for line in lines] == expected
     match = re.fullmatch(r"stage perception: (\d+) steps \(1 epochs x (\d+) batches of 8; (\d+) rows per epoch, the "
                          r"last partial batch dropped\)", lines[1])  # fmt: skip

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 from staged_vlm_jax import cli
 from staged_vlm_jax.train.metrics import read_metrics
+from staged_vlm_jax.train.stages import StagedRun
 
 CONFIG = str(Path(__file__).with_name("tiny_run.py"))
 REPO = Path(__file__).parents[2]
@@ -210,9 +211,12 @@ def test_frozen_vision_and_kl_reference_per_stage(uninterrupted: Path) -> None:
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:
+    """The error line of a command that must fail with one (after start-up notes such as the data screen's)."""
     assert cli.main([*argv, CACHE]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1, error
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and stderr.endswith("\n"), stderr
+    error = stderr.splitlines()[-1]
+    assert error.startswith("staged-vlm "), stderr
     return error
 
 
@@ -327,12 +331,10 @@ def test_config_typo_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
 
 
 def test_data_with_no_usable_prompt_is_one_line_not_a_hang(tmp_path: Path, capsys) -> None:
-    argv = ["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.data.max_prompt_length=8", CACHE]
-    assert cli.main(argv) == 2
-    error = capsys.readouterr().err
-    assert "Traceback" not in error  # the stage's progress bar, then the one error line
-    last = error.strip().splitlines()[-1]
-    assert "perception.jsonl" in last and "no usable prompt in" in last and "over max_prompt_length" in last, last
+    last = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path),
+                                    "--config.data.max_prompt_length=8"])  # fmt: skip
+    assert "perception.jsonl: rows: no usable row (" in last and "dropped overlong: 16)" in last, last
+    assert not (tmp_path / "checkpoints").exists()  # refused at start-up, before anything trained
 
 
 def test_missing_paths_are_one_line_naming_them(tmp_path: Path, capsys) -> None:
@@ -351,3 +353,70 @@ def test_missing_paths_are_one_line_naming_them(tmp_path: Path, capsys) -> None:
                                      f"--config.eval.sources.heldout_text_reasoning.path={heldout}"])  # fmt: skip
     assert error.strip().endswith(f"config.eval.sources.heldout_text_reasoning.path: {heldout} not found"), error
     assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_collapsed_run_stops_and_sets_its_dead_checkpoints_aside(tmp_path: Path) -> None:
+    """lr 1e3 saturates the tiny policy (exactly zero gradients under a KL signal): the run exits 2 in one line
+    instead of training on and checkpointing dead weights, and the latest checkpoint left is a healthy one."""
+    done = subprocess.run(_train_command(tmp_path, "--config.learner.learning_rate=1e3"), env=_env(),
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("staged-vlm train: error: stage perception step 4 (global step 6): the gradient norm "
+                           "was exactly 0 for 3 steps in a row"), last  # fmt: skip
+    assert f"checkpoints [4] moved to {tmp_path / 'checkpoints'}.collapsed; a rerun resumes from step 2" in last
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+    assert (tmp_path / "checkpoints.collapsed" / "4").is_dir()  # set aside, not deleted
+    assert [row["grad_norm"] for row in read_metrics(tmp_path / "metrics.jsonl")][-3:] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_data_unless_allowed(uninterrupted: Path, tmp_path: Path, capsys) -> None:
+    workdir = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(uninterrupted), str(workdir)], check=True)
+    rows = workdir / "data" / "train" / "text_reasoning.jsonl"
+    rows.write_text(rows.read_text() + json.dumps({"problem": "1 + 1?", "answer": "2"}) + "\n")
+    error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(workdir)])
+    assert f"{workdir / 'checkpoints'}/10: the data changed since this checkpoint was written " in error
+    assert "(config.data.sources.text_reasoning.path)" in error and "--allow-data-change" in error
+    assert cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), "--allow-data-change", CACHE]) == 0
+
+
+@pytest.mark.slow
+def test_a_corrupt_metrics_line_is_named_by_file_and_line(uninterrupted: Path, tmp_path: Path, capsys) -> None:
+    workdir = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(uninterrupted), str(workdir)], check=True)
+    metrics = workdir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([*lines[:2], lines[2][:40], *lines[3:]]) + "\n")
+    for argv in (["train", "--config", CONFIG, "--workdir", str(workdir)], ["plot", "--workdir", str(workdir)]):
+        error = _one_line_error(capsys, argv) if argv[0] == "train" else _plot_error(capsys, argv)
+        assert f"{metrics}:3: corrupt metrics line" in error, error
+    metrics.write_text("\n".join([*lines[:2], '{"reward/mean": 0.5}', *lines[3:]]) + "\n")
+    assert f"{metrics}:3: expected a JSON object with an integer global_step" in _plot_error(capsys, argv)
+
+
+def _plot_error(capsys, argv: list[str]) -> str:
+    assert cli.main(argv) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_bad_rows_stop_the_run_before_training_or_are_listed_when_skipped(tmp_path: Path, capsys) -> None:
+    rows = tmp_path / "text.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in [
+        *({"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(8)),
+        {"problem": "Repeat <|im_end|> twice.", "answer": "x"},
+    ]))  # fmt: skip
+    source = f"--config.data.sources.text_reasoning.path={rows}"
+    error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "raise"), source])
+    assert error.endswith(f"{rows}:9: problem: holds the control token '<|im_end|>' as text, which the chat "
+                          "template would read as the token itself; remove or escape it"), error  # fmt: skip
+    assert not (tmp_path / "raise" / "checkpoints").exists()
+    config = cli.load_config(CONFIG, [source, "--config.data.on_error=skip"])
+    StagedRun(config, tmp_path / "skip").checkpointer.close()  # a run screens every source at start-up
+    logged = [json.loads(line) for line in (tmp_path / "skip" / "data_errors.jsonl").read_text().splitlines()]
+    assert {"where": f"{rows}:9", "field": "problem", "reason": "control_token", "action": "skipped"}.items() <= {
+        key: value for entry in logged if entry["where"] == f"{rows}:9" for key, value in entry.items()
+    }.items()

@@ -2,15 +2,16 @@ r"""Rule-based rewards for responses of the form ``<think>…</think> … \boxed
 
 The paper trains every stage with one reward: EasyR1's ``examples/reward_function/math.py:compute_score`` as
 patched in the official repo (UCSC-VLAA/VLM-CapCurriculum ``training/reward_functions/math.py``), which adds a
-"too complex" guard in front of mathruler's sympy-based grader. :func:`math_score` reproduces that file exactly,
-quirks included (see its docstring). :func:`mcq_score` and :func:`math_verify_score` are stricter / more
-lenient alternatives for ablations; all three share the format component and the mixing
+"too complex" guard in front of mathruler's sympy-based grader. :func:`math_score` reproduces that file, quirks
+included (see its docstring), but one: a response without a box is wrong whatever the ground truth.
+:func:`mcq_score` and :func:`math_verify_score` are stricter / more lenient alternatives for ablations; all three
+share the format component, the rule that a missing answer is wrong, and the mixing
 
     overall = (1 − w) · accuracy + w · format,        w = format_weight (0.1 in the paper)
 
 so advantages, metrics and curricula treat them alike. Each is pure and may block for a long time on
 pathological answers (sympy); the training loop calls them through a :class:`RewardPool`, which enforces a
-per-item timeout.
+per-item timeout and memory and CPU limits.
 """
 
 from __future__ import annotations
@@ -100,20 +101,20 @@ def math_score(
     r"""The paper's reward: mathruler grading of the last ``\boxed{}`` plus the think/boxed format check.
 
     response → r = :func:`normalize_tag_spacing` (response);  format = :func:`format_score` (r);
-    a = content of the last ``\boxed{}`` in r (the text ``"None"`` when there is no closed box — mathruler's
-    sentinel, so a ground truth of ``None`` is matched by a response without a box);
-    accuracy = 0 if reject_complex_answers and (a == "" or :func:`is_too_complex` (a)),
-    else 1 if ``mathruler.grader.grade_answer(a, ground_truth)`` else 0;
+    a = content of the last ``\boxed{}`` in r;
+    accuracy = 0 if r has no closed last box, or if reject_complex_answers and (a == "" or
+    :func:`is_too_complex` (a)), else 1 if ``mathruler.grader.grade_answer(a, ground_truth)`` else 0;
     overall = (1 − format_weight) · accuracy + format_weight · format.
 
     ``reject_complex_answers=True`` is the paper's ``training/reward_functions/math.py``; False is upstream
-    EasyR1's ``examples/reward_function/math.py``, which grades every extracted answer.
+    EasyR1's ``examples/reward_function/math.py``, which grades every extracted answer. Both grade a response
+    without a box as the text ``"None"`` (mathruler's sentinel), so it is correct when the ground truth is
+    ``None``: a model would be paid for not answering such questions. Here a missing answer scores 0 whatever
+    the ground truth; a model that writes ``\boxed{None}`` answered, and is graded like any other answer.
     """
     response = normalize_tag_spacing(response)
     answer = last_boxed_content(response)
-    if answer is None:
-        answer = "None"
-    if reject_complex_answers and (not answer or is_too_complex(answer)):
+    if answer is None or (reject_complex_answers and (not answer or is_too_complex(answer))):
         accuracy = 0.0
     else:
         accuracy = 1.0 if grade_answer(answer, ground_truth) else 0.0
