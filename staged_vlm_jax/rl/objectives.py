@@ -32,13 +32,14 @@ Objective = Callable[
 
 def policy_gradient_objective(cfg: LearnerConfig, log_probs, old_log_probs, ref_log_probs, batch: TrainBatch, units):
     """EasyR1's GRPO objective: the clipped surrogate (`losses.policy_loss`) + kl_coef · the aggregated KL penalty
-    against the reference weights."""
+    against the reference weights. Without a KL term (kl_coef 0) there are no reference log-probs (the learner
+    passes zeros), so the KL and its metric are 0 rather than a distance to nothing."""
     mask = batch.response_mask
     pg_loss, pg_metrics = losses.policy_loss(
         log_probs, old_log_probs, batch.advantages, mask, cfg.clip_low, cfg.clip_high, cfg.clip_dual,
         cfg.loss_type, cfg.loss_agg, units,
     )  # fmt: skip
-    kl = losses.kl_penalty(log_probs, ref_log_probs, cfg.kl_kind)
+    kl = losses.kl_penalty(log_probs, ref_log_probs, cfg.kl_kind) if cfg.kl_coef else jnp.zeros_like(log_probs)
     kl_loss = losses.aggregate(kl, mask, cfg.loss_agg, units)
     tokens = jnp.sum(mask)
     sums = {k: v * tokens for k, v in pg_metrics.items()}

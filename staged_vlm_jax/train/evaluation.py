@@ -30,7 +30,7 @@ class HeldOutEvaluation:
     def restore(self, rows: list[dict[str, Any]]) -> None:
         """Continue from the evaluations a checkpoint recorded."""
         self.rows = list(rows)
-        self._write()
+        self.write()
 
     def run(
         self, model: nnx.Module, after: str, stage_index: int, global_step: int, *, engine, score: Callable,
@@ -54,11 +54,12 @@ class HeldOutEvaluation:
             )  # fmt: skip
             batches.close()
         self.rows.append(row)
-        self._write()
+        self.write()
         return {f"val/{name}/{key}": value for name in spec.sources for key, value in row[name].items()
                 if key != "examples"}  # fmt: skip
 
-    def _write(self) -> None:
+    def write(self) -> None:
+        """eval.jsonl and results.md (the stage table, and the evaluations so far) on the first host."""
         if jax.process_index() != 0:
             return
         lines = [json.dumps(row, sort_keys=True) for row in self.rows]

@@ -206,6 +206,7 @@ class StagedRun:
         for plan in self.plan[first_stage:]:
             model = self._run_stage(plan, start or self._start_stage(plan, model), metrics)
             start = None
+        self.evaluation.write()  # results.md holds the stage table even for a run without held-out sets
         return self.evaluations
 
     def _resume(self) -> tuple[dict[str, Any], nnx.Module, _StageStart | None] | None:

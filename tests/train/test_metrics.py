@@ -121,3 +121,19 @@ def test_a_tensorboard_failure_warns_once_and_metrics_go_on(tmp_path, monkeypatc
     assert [r.message for r in caplog.records if "TensorBoard" in r.message] == [
         f"TensorBoard events for {tmp_path} stop here (metrics.jsonl goes on): append not supported"
     ]
+
+
+def test_results_md_is_written_for_a_run_without_held_out_sets(tmp_path):
+    """The CLI's last line points at results.md; with ``eval.sources={}`` it must still exist (the stage table)."""
+    from staged_vlm_jax.train import config as config_lib
+    from staged_vlm_jax.train import recipes
+    from staged_vlm_jax.train.evaluation import HeldOutEvaluation
+
+    config = recipes.demo()
+    config.eval.sources = {}
+    table = [{"stage": "perception", "kind": "grpo", "steps": 4, "trainable": [".*"]}]
+    evaluation = HeldOutEvaluation(config_lib.resolve(config, tmp_path), tmp_path, table)
+    assert evaluation.run(None, "perception", 0, 4, engine=None, score=None, decode=None, prompts=None,
+                          eos_token_ids=(), pad_token_id=0) == {}  # fmt: skip
+    evaluation.write()
+    assert "| 1 | perception | grpo | 4 | `.*` |" in (tmp_path / "results.md").read_text()
