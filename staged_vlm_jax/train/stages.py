@@ -199,7 +199,7 @@ class StagedRun:
         else:
             meta, model, start = resumed
             self.watch = CollapseWatch(self.spec.watch, model.cfg.text.vocab_size)
-            self.watch.restore(meta["watch"])
+            self.watch.restore(meta.get("watch", {}))  # absent from checkpoints written before the watch
             metrics.truncate(meta["global_step"])
             self.evaluation.restore(meta["evaluations"])
             first_stage = meta["stage_index"] + (1 if meta["stage_done"] else 0)
@@ -265,7 +265,6 @@ class StagedRun:
         step_fn = STAGE_KINDS[stage.kind].make_step(self, name, stage, self.spec.stage_rollout(name), learner, prompts)
         rollout_traces = self.engine.num_compilations
         every, validate_every = self.spec.checkpoint.every_steps, self.spec.eval.every_steps
-        watch = self.watch
         with tqdm.tqdm(total=plan.steps, initial=start_step, desc=f"stage {plan.index + 1}/{len(self.plan)} {name}",
                        unit="step", dynamic_ncols=True) as progress:  # fmt: skip
             for stage_step in range(start_step + 1, plan.steps + 1):
@@ -288,10 +287,10 @@ class StagedRun:
                 if record.get("skipped_updates"):
                     progress.write(f"step {global_step}: {int(record['skipped_updates'])} update(s) skipped "
                                    f"(non-finite loss or gradients; grad_norm {record.get('grad_norm')})")  # fmt: skip
-                collapse = watch(record)
+                collapse = self.watch(record)
                 if collapse:
                     self._stop_collapsed(f"stage {name} step {stage_step} (global step {global_step}): {collapse}",
-                                         watch.collapsed_from(global_step))  # fmt: skip
+                                         self.watch.collapsed_from(global_step))  # fmt: skip
                 if stage_step % every == 0 and stage_step < plan.steps:
                     self._save(global_step, learner, plan, stage_step, prompts, done=False)
         model = learner.model()
