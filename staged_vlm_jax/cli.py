@@ -213,6 +213,58 @@ def _plan(args: argparse.Namespace) -> int:
     return 1 if lines[-1].startswith("plan: does not fit") else 0
 
 
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="evaluation config (configs/eval/*.py)")
+    parser.add_argument("--model", required=True, help="a Hugging Face directory, or a run's workdir / checkpoints/")
+    parser.add_argument("--step", type=int, default=None, help="with a run: the checkpoint step (default: latest)")
+    parser.add_argument("--workdir", required=True, help="predictions, scores.json, table1.md; rerunning resumes")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N records of each benchmark")
+    parser.epilog = "Config values are overridden with ml-collections flags, e.g. --config.max_new_tokens=1024."
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Answers and scores the config's benchmarks with the model (`eval.suite`), printing Table 1."""
+    from staged_vlm_jax import models
+    from staged_vlm_jax.data.tokenizer import load_tokenizer
+    from staged_vlm_jax.eval import suite
+    from staged_vlm_jax.models.hf_io import read_config
+    from staged_vlm_jax.models.sharding import make_mesh
+    from staged_vlm_jax.paths import as_path
+    from staged_vlm_jax.rl.rollout import RolloutEngine
+    from staged_vlm_jax.train.config import ConfigKeyError, build
+    from staged_vlm_jax.train.export import export_hf
+
+    spec = build(suite.SuiteSpec, load_config(args.config, args.overrides), "config")
+    problems = spec.problems()
+    if problems:
+        raise ConfigKeyError(f"config.{problems[0]}")
+    workdir, model_dir = as_path(args.workdir), as_path(args.model)
+    if not (model_dir / "config.json").exists() and model_dir.exists():  # a run: export its checkpoint first
+        model_dir, step = export_hf(model_dir, workdir / "model", args.step)
+        print(f"eval: exported step {step} of {args.model} to {model_dir}", file=sys.stderr)
+    family, _ = read_config(model_dir)
+    mesh = make_mesh(dict(spec.mesh))
+    model, _ = models.load_hf(model_dir, dtype=spec.dtype, mesh=mesh)
+    runner = suite.SuiteRunner(spec, model, load_tokenizer(model_dir), suite.image_inputs(spec, family.name),
+                               RolloutEngine(suite.engine_config(spec), mesh))  # fmt: skip
+    runner.run(workdir, args.limit)
+    print((workdir / "table1.md").read_text(), end="")
+    return 0
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directories", nargs="+", help="evaluation workdirs, or training runs with an eval/ dir")
+    parser.add_argument("--out", required=True, help="where compare.md and the plots go")
+    parser.add_argument("--baseline", default=None, help="the row deltas subtract (a directory's name; default: first)")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from staged_vlm_jax.eval.compare import compare
+
+    print(compare(args.directories, args.out, args.baseline).read_text(), end="")
+    return 0
+
+
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a run's checkpoints/ directory (or its workdir)")
     parser.add_argument("--step", type=int, default=None, help="global step to export (default: the latest)")
@@ -241,6 +293,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("run or resume a config's stages in a workdir", _train_arguments, _train),
+    "eval": ("answer and score benchmark files with a model (resumable); prints Table 1", _eval_arguments, _eval),
+    "compare": ("runs side by side as Table 1, with deltas and plots", _compare_arguments, _compare),
     "export": ("write a Hugging Face directory from a run's checkpoint", _export_arguments, _export),
     "plan": (
         "stage table; with --topology, per-device memory and FLOPs of every program, compiled ahead of time",
@@ -268,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text))
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("train", "plan"):
+    if args.command in ("train", "plan", "eval"):
         args.overrides = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

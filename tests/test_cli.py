@@ -50,6 +50,10 @@ def _failures(tmp_path):
                                        "config.json: not found"),
         "inspect a missing model": (["inspect", "--model", str(tmp_path / "nope")], "config.json not found"),
         "plan for an unknown device": (["plan", "--config", demo, "--topology", "h800:8"], "--topology 'h800:8'"),
+        "eval without the benchmark files": (["eval", "--config", "configs/eval/main_suite.py", "--model", "m",
+                                              "--workdir", str(tmp_path / "e")],
+                                             "benchmarks.a_okvqa: /data/bench/A-OKVQA.tsv not found"),
+        "compare a run without scores": (["compare", str(tmp_path), "--out", str(tmp_path / "c")], "no scores.json"),
     }  # fmt: skip
 
 

@@ -178,19 +178,28 @@ def _row_id(value: object, location: RowLocation) -> str:
 def _image_ref(entry: object, index: int, location: RowLocation, options: ReadOptions) -> ImageRef:
     """An EasyR1 ``images`` entry -> `ImageRef`: a path, or an HF ``{"bytes", "path"}`` struct."""
     field = f"{options.image_key}[{index}]"
+    image = stored_image(entry, options.image_root, location, field)
+    if image is None:
+        raise DataError(
+            location,
+            field,
+            f"expected an image path or a {{'bytes': ..., 'path': ...}} struct, got {entry!r:.80}",
+            reason="invalid_images",
+        )
+    return image
+
+
+def stored_image(entry: object, root: epath.Path, where: RowLocation, field: str) -> ImageRef | None:
+    """An HF ``datasets`` image struct ``{"bytes", "path"}`` (its bytes when present, else its path) or a path, as
+    an `ImageRef`, relative paths resolved against ``root``; None for anything else."""
     image_path = entry.get("path") if isinstance(entry, Mapping) else entry
     data = entry.get("bytes") if isinstance(entry, Mapping) else None
     if isinstance(data, (bytes, bytearray, memoryview)) and data:
-        return ImageRef(bytes(data), location, field, image_path or "<embedded bytes>")
+        return ImageRef(bytes(data), where, field, image_path or "<embedded bytes>")
     if data is None and isinstance(image_path, str) and image_path:
-        resolved = options.image_root / image_path  # an absolute image_path replaces the root
-        return ImageRef(resolved, location, field, str(resolved))
-    raise DataError(
-        location,
-        field,
-        f"expected an image path or a {{'bytes': ..., 'path': ...}} struct, got {entry!r:.80}",
-        reason="invalid_images",
-    )
+        resolved = root / image_path  # an absolute image_path replaces the root
+        return ImageRef(resolved, where, field, str(resolved))
+    return None
 
 
 def build_easyr1_row(record: Any, location: RowLocation, options: ReadOptions) -> Example:

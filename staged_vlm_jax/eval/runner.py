@@ -7,7 +7,7 @@ evaluated is exactly what the policy samples at temperature 0; scoring goes thro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -18,11 +18,10 @@ from staged_vlm_jax.rl.grpo import ScoreFn
 from staged_vlm_jax.rl.rollout import RolloutEngine
 
 
-def evaluate(
+def responses(
     model: nnx.Module,
     engine: RolloutEngine,
     batches: Iterable[PromptBatch],
-    score: ScoreFn,
     decode: Callable[[Sequence[int]], str],
     *,
     max_new_tokens: int,
@@ -31,12 +30,9 @@ def evaluate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     rng: jax.Array | None = None,
-) -> dict[str, float]:
-    """Mean score components (``accuracy``, ``format``, ``overall``, as fractions), mean ``response_length`` in
-    tokens and the number of ``examples`` over every prompt of ``batches``; one response per prompt, greedy at
+) -> Iterator[tuple[PromptBatch, list[str], np.ndarray]]:
+    """Per batch: the batch, its decoded responses and their lengths in tokens; one response per prompt, greedy at
     ``temperature`` 0, else sampled (``top_p``) from ``rng`` (a batch's key folded in from its index)."""
-    totals: dict[str, float] = {}
-    lengths: list[np.ndarray] = []
     rng = jax.random.key(0) if rng is None else rng
     for index, prompts in enumerate(batches):
         out = engine.generate(
@@ -45,9 +41,26 @@ def evaluate(
             temperature=temperature or 1.0, top_p=top_p, eos_token_ids=tuple(eos_token_ids),
             pad_token_id=pad_token_id, rng=jax.random.fold_in(rng, index),
         )  # fmt: skip
-        tokens, row_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-        responses = [decode(row[: int(length)].tolist()) for row, length in zip(tokens, row_lengths, strict=True)]
-        scores, _ = score(responses, list(prompts.ground_truths))
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        texts = [decode(row[: int(length)].tolist()) for row, length in zip(tokens, lengths, strict=True)]
+        yield prompts, texts, lengths
+
+
+def evaluate(
+    model: nnx.Module,
+    engine: RolloutEngine,
+    batches: Iterable[PromptBatch],
+    score: ScoreFn,
+    decode: Callable[[Sequence[int]], str],
+    **generation,
+) -> dict[str, float]:
+    """Mean score components (``accuracy``, ``format``, ``overall``, as fractions), mean ``response_length`` in
+    tokens and the number of ``examples`` over every prompt of ``batches``, answered by `responses` (``generation``:
+    its keyword arguments)."""
+    totals: dict[str, float] = {}
+    lengths: list[np.ndarray] = []
+    for prompts, texts, row_lengths in responses(model, engine, batches, decode, **generation):
+        scores, _ = score(texts, list(prompts.ground_truths))
         for item in scores:
             for key, value in item.items():
                 totals[key] = totals.get(key, 0.0) + float(value)

@@ -285,10 +285,21 @@ README_OVERRIDES = sorted({match for doc in ("README.md", "launch/README.md")
 
 
 def test_the_docs_override_lines_load_and_take_effect(tmp_path: Path) -> None:
-    """Every ``--config.x=y`` the README and launch/README show, on the paper's config: accepted, and its value is
-    the resolved one (a stage's learner override reaches that stage's learner only)."""
+    """Every ``--config.x=y`` the README and launch/README show, on the paper's config (or, for a key only
+    `staged-vlm eval` has, the main evaluation suite's): accepted, and its value is the resolved one (a stage's
+    learner override reaches that stage's learner only)."""
+    from staged_vlm_jax.eval.suite import SuiteSpec
+
+    fields = lambda cls: {field.name for field in dataclasses.fields(cls)}
+    eval_only = fields(SuiteSpec) - fields(config_lib.RunSpec)
     assert "--config.stages.text_reasoning.learner.learning_rate=3e-7" in README_OVERRIDES
     for override in README_OVERRIDES:
+        key, value = override.removeprefix("--config.").split("=")
+        if key.split(".")[0] in eval_only:
+            suite = config_lib.build(SuiteSpec, load_config(str(CONFIGS_DIR / "eval" / "main_suite.py"), [override]),
+                                     "config")  # fmt: skip
+            assert str(getattr(suite, key)) == value, override
+            continue
         spec = config_lib.resolve(load_config(str(CONFIGS_DIR / "qwen2_5_vl_7b_staged.py"), [override]), tmp_path)
         key, value = override.removeprefix("--config.").split("=")
         *parents, leaf = key.split(".")

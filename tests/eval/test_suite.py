@@ -1,0 +1,121 @@
+"""`staged-vlm eval` end to end on a tiny model: small benchmark files in VLMEvalKit's TSV layout are answered,
+scored and tabled as Table 1; a rerun after losing answers (a kill) answers only those and ends with the same
+scores; a bad config is one line."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from staged_vlm_jax import cli, models
+from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
+
+REPO = Path(__file__).parents[2]
+
+
+def _image_b64(seed: int) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 255, (56, 56, 3), np.uint8)
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, format="PNG")
+    return base64.b64encode(data.getvalue()).decode()
+
+
+def _tsv(path: Path, header: list[str], rows: list[list[str]]) -> str:
+    path.write_text("\n".join("\t".join(row) for row in [header, *rows]) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("suite")
+    model = root / "model"
+    cfg = models.tiny_config("qwen2_5_vl")
+    models.save_hf(models.create(cfg), cfg, model)
+    build_tiny_tokenizer(model)
+    mmstar = _tsv(root / "MMStar.tsv", ["index", "question", "A", "B", "C", "D", "answer", "category", "image"],
+                  [[str(i), f"How many shapes are there? ({i})", "1", "2", "3", "4", "ABCD"[i % 4],
+                    "coarse perception", _image_b64(i)] for i in range(5)])  # fmt: skip
+    pope = _tsv(root / "POPE.tsv", ["index", "question", "answer", "category", "image"],
+                [[str(i), "Is there a cat in the image?", ["yes", "no"][i % 2], ["adversarial", "random"][i % 2],
+                  _image_b64(10 + i)] for i in range(4)])  # fmt: skip
+    config = root / "suite.py"
+    config.write_text(
+        "import runpy\n\n"
+        f"def get_config():\n    c = runpy.run_path({str(REPO / 'configs/eval/main_suite.py')!r})['get_config']()\n"
+        f"    c.benchmarks = {{'mmstar': {mmstar!r}, 'pope': {pope!r}}}\n"
+        "    c.update(dtype='float32', max_new_tokens=8, batch_size=2, prompt_buckets=(256, 512, 1024),\n"
+        "             min_pixels=56 * 56, max_pixels=112 * 112, mesh=dict(data=-1, fsdp=1, tensor=1))\n"
+        "    return c\n"
+    )
+    return {"root": root, "model": model, "config": config}
+
+
+def test_eval_answers_scores_and_tables_then_resumes_only_the_missing(setup, tmp_path, capsys):
+    argv = ["eval", "--config", str(setup["config"]), "--model", str(setup["model"]), "--workdir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| model | mmstar | pope | Perception AVG | Overall | response tokens |"
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["mmstar"]["count"] == 5 and scores["pope"]["count"] == 4
+    cells = table[2].strip("| ").split(" | ")
+    assert cells[0] == tmp_path.name
+    assert float(cells[1]) == pytest.approx(scores["mmstar"]["accuracy"], abs=0.01)
+    assert float(cells[2]) == pytest.approx(scores["pope"]["f1"], abs=0.01)
+    perception = (scores["mmstar"]["accuracy"] + scores["pope"]["f1"]) / 2  # Table 1: the group mean; Overall = it
+    assert float(cells[3]) == float(cells[4]) == pytest.approx(perception, abs=0.01)
+    answers = (tmp_path / "mmstar.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in answers] == [0, 1, 2, 3, 4]
+    assert all(0 < json.loads(line)["response_tokens"] <= 8 for line in answers)
+
+    # A kill after two answers, mid-way through writing the third: the rerun answers records 2..4 only.
+    (tmp_path / "mmstar.jsonl").write_text("\n".join(answers[:2]) + "\n" + answers[2][:15])
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    rerun = [json.loads(line) for line in (tmp_path / "mmstar.jsonl").read_text().splitlines()[2:]]  # cut line gone
+    assert [row["index"] for row in rerun] == [2, 3, 4]
+    assert json.loads((tmp_path / "scores.json").read_text()) == scores  # greedy: the same answers, the same scores
+
+
+def test_limit_and_a_bad_config_are_one_line(setup, tmp_path, capsys):
+    base = ["eval", "--config", str(setup["config"]), "--model", str(setup["model"]), "--workdir", str(tmp_path)]
+    assert cli.main([*base, "--limit", "2"]) == 0
+    assert json.loads((tmp_path / "scores.json").read_text())["pope"]["count"] == 2
+    capsys.readouterr()
+    assert cli.main([*base, "--config.system_prompt=cot"]) == 2
+    error = capsys.readouterr().err
+    assert error == "staged-vlm eval: error: config.system_prompt: 'cot' is not one of ['format', 'none']\n"
+    (tmp_path / "pope.jsonl").write_text("not json\n" + (tmp_path / "pope.jsonl").read_text())
+    assert cli.main(base) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after mmstar's progress bar
+    assert error.startswith(f"staged-vlm eval: error: {tmp_path / 'pope.jsonl'}:1: line: not an answer"), error
+
+
+def test_compare_puts_runs_side_by_side_with_deltas_and_plots(setup, tmp_path, capsys):
+    base = ["eval", "--config", str(setup["config"]), "--model", str(setup["model"]), "--limit", "3"]
+    staged, merged = tmp_path / "staged", tmp_path / "merged" / "eval"  # an eval workdir; a run's eval/
+    assert cli.main([*base, "--workdir", str(staged)]) == 0
+    assert cli.main([*base, "--workdir", str(merged), "--config.system_prompt=none"]) == 0
+    (tmp_path / "merged" / "metrics.jsonl").write_text("".join(
+        json.dumps({"global_step": step, "stage": stage, "response_length/mean": 10.0 + step}) + "\n"
+        for step, stage in [(1, "perception"), (2, "perception"), (3, "merged"), (4, "merged")]))  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["compare", str(staged), str(tmp_path / "merged"), "--out", str(tmp_path / "out"),
+                     "--baseline", "merged"]) == 0  # fmt: skip
+    report = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line for line in report if line.startswith("| staged") or
+            line.startswith("| merged")}  # fmt: skip
+    assert set(rows) == {"staged", "merged"}
+    scores = {name: json.loads((path / "scores.json").read_text())["table1"]
+              for name, path in (("staged", staged), ("merged", merged))}  # fmt: skip
+    difference = report[report.index("## Difference to merged") + 4]
+    expected = scores["staged"]["Overall"] - scores["merged"]["Overall"]
+    assert difference.startswith("| staged |")
+    assert float(difference.strip("| ").split(" | ")[4]) == pytest.approx(expected, abs=0.01)
+    assert (tmp_path / "out" / "benchmarks.png").stat().st_size > 0
+    assert (tmp_path / "out" / "response_length.png").stat().st_size > 0  # the run with metrics.jsonl
