@@ -29,6 +29,7 @@ import ml_collections
 from staged_vlm_jax.data import curriculum
 from staged_vlm_jax.data.images import BACKENDS, IMAGE_RESIZES, SETTINGS, ImageInputs
 from staged_vlm_jax.data.schema import ON_ERROR_POLICIES
+from staged_vlm_jax.eval import benchmarks
 from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes
 from staged_vlm_jax.rl.grpo import RolloutConfig
 from staged_vlm_jax.rl.learner import LearnerConfig, batch_split_error
@@ -141,7 +142,9 @@ class StageSpec:
 class EvalSpec:
     """Held-out sets evaluated before training (``before_training``), after each stage and, with ``every_steps``
     K > 0, every K global steps within stages (validation, as the paper's geometry3k runs): greedy at
-    ``temperature`` 0, else one sample per prompt at that temperature and ``top_p``."""
+    ``temperature`` 0, else one sample per prompt at that temperature and ``top_p``. ``benchmarks`` (a registered
+    benchmark name -> its local file, as `staged-vlm eval` reads) are answered greedily at every stage end, the
+    first ``benchmark_limit`` records of each (0: all), into ``<workdir>/benchmarks/<stage>/``."""
 
     sources: dict[str, SourceSpec] = dataclasses.field(default_factory=dict)
     batch_size: int = 16
@@ -150,6 +153,8 @@ class EvalSpec:
     every_steps: int = 0
     temperature: float = 0.0
     top_p: float = 1.0
+    benchmarks: dict[str, str] = dataclasses.field(default_factory=dict)
+    benchmark_limit: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +217,7 @@ class RunSpec:
 
     def input_paths(self) -> list[tuple[str, str]]:
         """(config key, path) of everything the run reads: the model directory's config.json, the tokenizer
-        directory, the scheduled stages' data files and images' roots, and the evaluation sets."""
+        directory, the scheduled stages' data files and images' roots, the evaluation sets and benchmark files."""
         used = {source for name in self.schedule for source in self.stages[name].data}
         paths = []
         if self.model.path:
@@ -225,6 +230,7 @@ class RunSpec:
                 paths.append((f"config.{section}.sources.{name}.path", source.path))
                 if source.image_root:
                     paths.append((f"config.{section}.sources.{name}.image_root", source.image_root))
+        paths += [(f"config.eval.benchmarks.{name}", path) for name, path in self.eval.benchmarks.items()]
         return paths
 
     def image_inputs(self) -> ImageInputs:
@@ -364,6 +370,9 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str 
             raise ConfigKeyError(f"{where}: {error} (batch_size {stage.batch_size} prompts"
                                  + (f" × rollout.n={rows_per_prompt})" if rows_per_prompt > 1 else ")"))  # fmt: skip
     held_out = spec.eval
+    for name in held_out.benchmarks:
+        if name not in benchmarks.BENCHMARKS:
+            raise unknown_key(name, benchmarks.BENCHMARKS, "config.eval.benchmarks")
     if held_out.every_steps < 0 or held_out.temperature < 0 or not 0 < held_out.top_p <= 1:
         raise ConfigKeyError(f"config.eval: every_steps ({held_out.every_steps}) and temperature "
                              f"({held_out.temperature}) must be >= 0, top_p ({held_out.top_p}) in (0, 1]")  # fmt: skip

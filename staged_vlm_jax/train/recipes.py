@@ -103,7 +103,7 @@ def paper(model_path: str, family: str = "qwen2_5_vl") -> ConfigDict:
     # capability="visual_reasoning", image_root="")); they are scored at stage ends and every eval.every_steps
     # steps, one sample per prompt at temperature 0.6, top-p 0.95 (the benchmarks are `staged-vlm eval`'s).
     c.eval = dict(sources={}, batch_size=256, max_new_tokens=2048, before_training=False, every_steps=0,
-                  temperature=0.6, top_p=0.95)  # fmt: skip
+                  temperature=0.6, top_p=0.95, benchmarks={}, benchmark_limit=0)  # fmt: skip
     c.checkpoint = dict(every_steps=25, keep=2, async_save=True)
     c.watch = run_section(WatchSpec)
     c.compilation_cache = "{workdir}/jax_cache"
@@ -168,6 +168,7 @@ def demo() -> ConfigDict:
                                                capability=capability, image_root="")
                  for capability in CAPABILITY_STAGES},
         batch_size=64, max_new_tokens=16, before_training=False, every_steps=0, temperature=0.0, top_p=1.0,
+        benchmarks={}, benchmark_limit=0,
     )  # fmt: skip
     c.checkpoint = dict(every_steps=10, keep=2, async_save=True)
     return c

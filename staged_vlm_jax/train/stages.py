@@ -32,6 +32,8 @@ from flax import nnx
 from staged_vlm_jax import models
 from staged_vlm_jax.data.pipeline import DataSource, PipelineConfig, PromptIterator, prompt_pipeline
 from staged_vlm_jax.data.screen import OVERLONG, DataErrorLog, DataScreen
+from staged_vlm_jax.eval import benchmarks
+from staged_vlm_jax.eval.suite import SuiteRunner, SuiteSpec
 from staged_vlm_jax.models.sharding import make_mesh
 from staged_vlm_jax.paths import PathLike, as_path
 from staged_vlm_jax.rl.learner import Learner
@@ -92,6 +94,9 @@ class StagedRun:
         self.workdir = as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.spec = config_lib.resolve(config, self.workdir)
+        if self.spec.eval.benchmarks and jax.process_count() > 1:  # every process would append the same answers
+            raise config_lib.ConfigKeyError("config.eval.benchmarks: stage-end benchmarks run in one process; score "
+                                            "a multi-host run's checkpoints with `staged-vlm eval`")  # fmt: skip
         workdir_lib.check_config(self.workdir, config, allow_config_change)
         self.config_hash = config_lib.config_hash(config)
         jax.config.update("jax_compilation_cache_dir", self.spec.compilation_cache)
@@ -277,7 +282,9 @@ class StagedRun:
                 record["compile/train_traces"] = learner.num_compilations
                 # Evaluated before the step's record is written, so its scores are part of it (val/<set>/<score>).
                 if stage_step == plan.steps and stage.evaluate:
-                    record.update(self._evaluate(learner.model(), name, plan.index, global_step))
+                    model = learner.model()
+                    record.update(self._evaluate(model, name, plan.index, global_step))
+                    record.update(self._benchmarks(model, name))
                 elif validate_every and global_step % validate_every == 0 and stage_step < plan.steps:
                     record.update(self._evaluate(learner.model(), f"{name} step {stage_step}", plan.index,
                                                  global_step))  # fmt: skip
@@ -319,6 +326,21 @@ class StagedRun:
         resume = f"a rerun resumes from step {healthy[-1]}" if healthy else "a rerun starts over"
         raise CollapseError(f"{collapse}; the run stopped. {moved}{resume} (fix the config, e.g. "
                             "learner.learning_rate, and rerun with --allow-config-change)")  # fmt: skip
+
+    def _benchmarks(self, model: nnx.Module, stage: str) -> dict[str, float]:
+        """``config.eval.benchmarks`` answered by ``model`` at a stage end, as `staged-vlm eval` would (greedy, the
+        format instruction as system prompt, resumable) into ``<workdir>/benchmarks/<stage>/``; their headline
+        scores as ``bench/<name>/<score>`` metrics."""
+        held_out = self.spec.eval
+        if not held_out.benchmarks:
+            return {}
+        spec = SuiteSpec(benchmarks=dict(held_out.benchmarks), batch_size=held_out.batch_size,
+                         max_new_tokens=held_out.max_new_tokens or self.spec.rollout.max_new_tokens,
+                         prompt_buckets=self.spec.data.prompt_buckets)  # fmt: skip
+        runner = SuiteRunner(spec, model, self.tokenizer, self.images, self.engine)
+        scores = runner.run(self.workdir / "benchmarks" / stage, held_out.benchmark_limit or None)
+        headline = {name: benchmarks.get(name).headline for name in scores}
+        return {f"bench/{name}/{key}": scores[name][key] for name, key in headline.items()}
 
     def _evaluate(self, model: nnx.Module, after: str, stage_index: int, global_step: int) -> dict[str, float]:
         batch_size = self.spec.eval.batch_size

@@ -4,31 +4,16 @@ scores; a bad config is one line."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from staged_vlm_jax import cli, models
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
+from tests.eval.benchmark_files import write_mmstar, write_pope
 
 REPO = Path(__file__).parents[2]
-
-
-def _image_b64(seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 255, (56, 56, 3), np.uint8)
-    data = io.BytesIO()
-    Image.fromarray(pixels).save(data, format="PNG")
-    return base64.b64encode(data.getvalue()).decode()
-
-
-def _tsv(path: Path, header: list[str], rows: list[list[str]]) -> str:
-    path.write_text("\n".join("\t".join(row) for row in [header, *rows]) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +23,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     cfg = models.tiny_config("qwen2_5_vl")
     models.save_hf(models.create(cfg), cfg, model)
     build_tiny_tokenizer(model)
-    mmstar = _tsv(root / "MMStar.tsv", ["index", "question", "A", "B", "C", "D", "answer", "category", "image"],
-                  [[str(i), f"How many shapes are there? ({i})", "1", "2", "3", "4", "ABCD"[i % 4],
-                    "coarse perception", _image_b64(i)] for i in range(5)])  # fmt: skip
-    pope = _tsv(root / "POPE.tsv", ["index", "question", "answer", "category", "image"],
-                [[str(i), "Is there a cat in the image?", ["yes", "no"][i % 2], ["adversarial", "random"][i % 2],
-                  _image_b64(10 + i)] for i in range(4)])  # fmt: skip
+    mmstar, pope = write_mmstar(root / "MMStar.tsv", 5), write_pope(root / "POPE.tsv", 4)
     config = root / "suite.py"
     config.write_text(
         "import runpy\n\n"
@@ -119,3 +99,13 @@ def test_compare_puts_runs_side_by_side_with_deltas_and_plots(setup, tmp_path, c
     assert float(difference.strip("| ").split(" | ")[4]) == pytest.approx(expected, abs=0.01)
     assert (tmp_path / "out" / "benchmarks.png").stat().st_size > 0
     assert (tmp_path / "out" / "response_length.png").stat().st_size > 0  # the run with metrics.jsonl
+
+
+def test_the_eval_configs_build_with_every_benchmark_registered():
+    from staged_vlm_jax.eval import benchmarks
+    from staged_vlm_jax.eval.suite import SuiteSpec
+    from staged_vlm_jax.train.config import build
+
+    spec = build(SuiteSpec, cli.load_config(str(REPO / "configs/eval/main_suite.py"), []), "config")
+    assert sorted(spec.benchmarks) == sorted(benchmarks.BENCHMARKS)  # the main suite is Table 1, all of it
+    assert [problem.split(":")[0] for problem in spec.problems()] == [f"benchmarks.{n}" for n in spec.benchmarks]

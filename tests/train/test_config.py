@@ -22,7 +22,8 @@ from staged_vlm_jax.train.plan import file_rows, plan_stages, stage_steps
 
 REPO = Path(__file__).parents[2]
 CONFIGS_DIR = REPO / "configs"
-CONFIGS = sorted(CONFIGS_DIR.rglob("*.py"))
+EVAL_CONFIGS = sorted((CONFIGS_DIR / "eval").glob("*.py"))  # `staged-vlm eval` configs (tests/eval)
+CONFIGS = sorted(set(CONFIGS_DIR.rglob("*.py")) - set(EVAL_CONFIGS))
 
 
 def test_configs_are_found() -> None:

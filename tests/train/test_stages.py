@@ -420,3 +420,25 @@ def test_bad_rows_stop_the_run_before_training_or_are_listed_when_skipped(tmp_pa
     assert {"where": f"{rows}:9", "field": "problem", "reason": "control_token", "action": "skipped"}.items() <= {
         key: value for entry in logged if entry["where"] == f"{rows}:9" for key, value in entry.items()
     }.items()
+
+
+@pytest.mark.slow
+def test_benchmarks_are_answered_at_every_stage_end(tmp_path: Path) -> None:
+    from tests.eval.benchmark_files import write_mmstar
+
+    mmstar = write_mmstar(tmp_path / "MMStar.tsv", 4)
+    config = tmp_path / "with_benchmarks.py"
+    config.write_text(f"import runpy\n\ndef get_config():\n    c = runpy.run_path({CONFIG!r})['get_config']()\n"
+                      f"    c.eval.benchmarks = {{'mmstar': {mmstar!r}}}\n    c.eval.benchmark_limit = 3\n"
+                      "    return c\n")  # fmt: skip
+    workdir = tmp_path / "run"
+    done = subprocess.run([*_train_command(workdir)[:4], "--config", str(config), "--workdir", str(workdir), CACHE],
+                          env=_env(), capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(workdir / "metrics.jsonl")
+    ends = [row for row in rows if "bench/mmstar/accuracy" in row]
+    assert [row["stage"] for row in ends] == ["warm_start", "perception", "text_reasoning", "visual_reasoning"]
+    for row in ends:
+        scores = json.loads((workdir / "benchmarks" / row["stage"] / "scores.json").read_text())
+        assert scores["mmstar"]["count"] == 3 and scores["mmstar"]["accuracy"] == row["bench/mmstar/accuracy"]
+        assert (workdir / "benchmarks" / row["stage"] / "table1.md").read_text().startswith("| model | mmstar |")
