@@ -125,9 +125,10 @@ class DataScreen:
         self._screened: dict[DataSource, ScreenedSource] = {}
 
     def __call__(self, source: DataSource) -> ScreenedSource:
-        if source not in self._screened:
-            self._screened[source] = self._screen(source)
-        return self._screened[source]
+        key = dataclasses.replace(source, repeat=1)  # how often a stage repeats the rows changes nothing here
+        if key not in self._screened:
+            self._screened[key] = self._screen(key)
+        return self._screened[key]
 
     def _screen(self, source: DataSource) -> ScreenedSource:
         skipped = SkipCounter()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections import Counter
@@ -65,7 +66,8 @@ def test_bad_rows_are_named_and_skipped_with_reasons_and_listed_once(tokenizer, 
     assert messages[3].startswith(f"{source.path}:5: images[0]: image '{tmp_path / 'wide.png'}' (4000x10): absolute")
     assert messages[4].startswith(f"{source.path}:6: answer: missing")
     assert screened.duplicates == ()  # rows 0 and 6 differ in their answers
-    assert screen(source) is screened  # each source is screened once
+    assert screen(source) is screened  # each source is screened once, whatever a stage repeats it
+    assert screen(dataclasses.replace(source, repeat=3)) is screened
     logged = [json.loads(line) for line in log.path.read_text().splitlines()]
     assert sorted((entry["where"], entry["reason"], entry["action"]) for entry in logged) == sorted(
         (str(error.where), error.reason, "skipped") for error in screened.dropped
