@@ -93,7 +93,7 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 def _model_screen(model: str, max_prompt_length: int, on_error: str):
     """The `DataScreen` a run of ``model`` uses with the default data settings, images decoded too."""
-    from staged_vlm_jax.data.images import IMAGE_RESIZES, SETTINGS
+    from staged_vlm_jax.data.images import image_inputs
     from staged_vlm_jax.data.screen import DataScreen
     from staged_vlm_jax.data.tokenizer import load_tokenizer
     from staged_vlm_jax.models.hf_io import read_config
@@ -101,8 +101,7 @@ def _model_screen(model: str, max_prompt_length: int, on_error: str):
 
     family, _ = read_config(model)
     data = DataSpec()
-    images = IMAGE_RESIZES[data.image_resize](SETTINGS[family.name], data.min_pixels, data.max_pixels,
-                                               data.image_backend)  # fmt: skip
+    images = image_inputs(family.name, data.image_resize, data.min_pixels, data.max_pixels, data.image_backend)
     return DataScreen(load_tokenizer(model), images, max_prompt_length, on_error, verify_images=True)
 
 

@@ -361,6 +361,12 @@ IMAGE_RESIZES: dict[str, Callable[[QwenImageSettings, int, int, Backend], ImageI
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
 
+def image_inputs(model_type: str, resize: str, min_pixels: int, max_pixels: int, backend: Backend) -> ImageInputs:
+    """The ``model_type``'s processor (`SETTINGS`) with [min_pixels, max_pixels] applied where ``resize`` says
+    (`IMAGE_RESIZES`) and ``backend``'s resize kernel: how a run, an evaluation or a data conversion sees images."""
+    return IMAGE_RESIZES[resize](SETTINGS[model_type], min_pixels, max_pixels, backend)
+
+
 def _check_settings(
     patch_size: int,
     merge_size: int,

@@ -43,7 +43,15 @@ from staged_vlm_jax.data import curriculum
 from staged_vlm_jax.data.batch import PromptBatch, bucket, left_pad
 from staged_vlm_jax.data.images import ImageInputs
 from staged_vlm_jax.data.prompts import build_prompt
-from staged_vlm_jax.data.schema import ON_ERROR_POLICIES, DataError, ErrorPolicy, Example, RowLocation, SkipCounter
+from staged_vlm_jax.data.schema import (
+    ON_ERROR_POLICIES,
+    DataError,
+    ErrorPolicy,
+    Example,
+    ImageRef,
+    RowLocation,
+    SkipCounter,
+)
 from staged_vlm_jax.data.screen import DataErrorLog, DataScreen, ScreenedSource
 from staged_vlm_jax.data.sources import DataSource
 
@@ -225,31 +233,31 @@ class PromptBuilder:
 
     def __call__(self, example: Example) -> Prompt | SkippedRow:
         try:
-            images = [self._preprocess(image.load(self.images.pre_resize), example, index)
-                      for index, image in enumerate(example.images)]  # fmt: skip
+            return self.prompt(example.id, example.problem, example.images, example.answer,
+                               append_format=example.append_format)  # fmt: skip
         except DataError as error:
             if self.on_error == "raise":
                 raise
             prefix = f"{error.where}: {error.field}: "
             return SkippedRow(error.where, error.field, str(error).removeprefix(prefix), error.reason)
-        grids = np.array([grid for _, grid in images], dtype=np.int64).reshape(-1, 3)
-        ids = build_prompt(
-            self.tokenizer,
-            example.problem,
-            grids,
-            merge_size=self.images.settings.merge_size,
-            problem_id=example.id,
-            append_format=example.append_format,
-        )
-        pixel_values = np.concatenate([pixels for pixels, _ in images]) if images else None
-        return Prompt(example.id, np.asarray(ids, np.int32), example.answer, pixel_values, grids)
 
-    def _preprocess(self, image: np.ndarray, example: Example, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def prompt(self, prompt_id: str, text: str, images: Sequence[ImageRef], answer: str, *, append_format: bool,
+               system_prompt: str | None = None) -> Prompt:  # fmt: skip
+        """``text`` (one ``<image>`` per image) and its images as a `Prompt`: the images loaded and preprocessed, the
+        token ids built (`build_prompt`). Raises `DataError` naming an image that cannot be loaded or processed."""
+        pixels = [self._preprocess(image) for image in images]
+        grids = np.array([grid for _, grid in pixels], dtype=np.int64).reshape(-1, 3)
+        ids = build_prompt(self.tokenizer, text, grids, merge_size=self.images.settings.merge_size,
+                           system_prompt=system_prompt, problem_id=prompt_id, append_format=append_format)  # fmt: skip
+        pixel_values = np.concatenate([values for values, _ in pixels]) if pixels else None
+        return Prompt(prompt_id, np.asarray(ids, np.int32), answer, pixel_values, grids)
+
+    def _preprocess(self, image: ImageRef) -> tuple[np.ndarray, np.ndarray]:
+        loaded = image.load(self.images.pre_resize)
         try:
-            return self.images.preprocess(image)
+            return self.images.preprocess(loaded)
         except ValueError as error:
-            where = example.location if example.location is not None else f"example {example.id!r}"
-            raise DataError(where, f"images[{index}]", str(error), reason="unprocessable_image") from error
+            raise DataError(image.where, image.field, str(error), reason="unprocessable_image") from error
 
 
 class PromptAdmission:
@@ -366,7 +374,7 @@ def prompt_pipeline(
     )
     if config.worker_count:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
-    # An upper bound on an epoch's rows for this host (the whole files, each repeated as configured).
+    # An upper bound on an epoch's rows for this host (all screened rows, each repeated as configured).
     epoch_rows = sum(source.repeat * len(rows) for source, rows in zip(config.sources, sources, strict=True))
     admission = PromptAdmission(epoch_rows, ", ".join(str(s.path) for s in config.sources), screen.log)
     batches = dataset.filter(admission).batch(

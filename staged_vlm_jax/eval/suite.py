@@ -19,15 +19,15 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import tqdm
 from etils import epath
 from flax import nnx
 from transformers import PreTrainedTokenizerFast
 
-from staged_vlm_jax.data.images import BACKENDS, IMAGE_RESIZES, SETTINGS, ImageInputs
-from staged_vlm_jax.data.pipeline import Prompt, PromptCollator
-from staged_vlm_jax.data.prompts import FORMAT_INSTRUCTION, build_prompt
+from staged_vlm_jax.data.images import BACKENDS, IMAGE_RESIZES, ImageInputs
+from staged_vlm_jax.data.images import image_inputs as family_image_inputs
+from staged_vlm_jax.data.pipeline import Prompt, PromptBuilder, PromptCollator
+from staged_vlm_jax.data.prompts import FORMAT_INSTRUCTION
 from staged_vlm_jax.data.schema import DataError, RowLocation
 from staged_vlm_jax.eval import benchmarks
 from staged_vlm_jax.eval.runner import responses
@@ -76,7 +76,7 @@ class SuiteSpec:
 
 
 def image_inputs(spec: SuiteSpec, model_type: str) -> ImageInputs:
-    return IMAGE_RESIZES[spec.image_resize](SETTINGS[model_type], spec.min_pixels, spec.max_pixels, spec.image_backend)
+    return family_image_inputs(model_type, spec.image_resize, spec.min_pixels, spec.max_pixels, spec.image_backend)
 
 
 def read_answers(path: epath.Path) -> dict[int, dict[str, Any]]:
@@ -109,16 +109,12 @@ class SuiteRunner:
         self.spec, self.model, self.tokenizer, self.images, self.engine = spec, model, tokenizer, images, engine
         self.eos_token_ids = tuple(dict.fromkeys([tokenizer.eos_token_id, tokenizer.pad_token_id]))
         self.collate = PromptCollator(tokenizer.pad_token_id, spec.prompt_buckets)
+        self.builder = PromptBuilder(tokenizer, images, "raise")
 
     def prompt(self, bench: benchmarks.Benchmark, record: dict[str, Any], where: RowLocation) -> Prompt:
         question = bench.question(record, where)
-        pixels = [self.images.preprocess(image.load(self.images.pre_resize)) for image in question.images]
-        grids = np.array([grid for _, grid in pixels], dtype=np.int64).reshape(-1, 3)
-        ids = build_prompt(self.tokenizer, question.text, grids, merge_size=self.images.settings.merge_size,
-                           system_prompt=SYSTEM_PROMPTS[self.spec.system_prompt], append_format=False,
-                           problem_id=str(where))  # fmt: skip
-        values = np.concatenate([p for p, _ in pixels]) if pixels else None
-        return Prompt(str(where), np.asarray(ids, np.int32), "", values, grids)
+        return self.builder.prompt(str(where), question.text, question.images, "", append_format=False,
+                                   system_prompt=SYSTEM_PROMPTS[self.spec.system_prompt])  # fmt: skip
 
     def answer(self, name: str, path: epath.Path, out: epath.Path, limit: int | None = None) -> list[dict[str, Any]]:
         """Every record of benchmark ``name`` in ``path`` (the first ``limit``) with its answer; answers missing

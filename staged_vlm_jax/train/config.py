@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from staged_vlm_jax.data import curriculum
-from staged_vlm_jax.data.images import BACKENDS, IMAGE_RESIZES, SETTINGS, ImageInputs
+from staged_vlm_jax.data.images import BACKENDS, IMAGE_RESIZES, ImageInputs, image_inputs
 from staged_vlm_jax.data.schema import ON_ERROR_POLICIES
 from staged_vlm_jax.eval import benchmarks
 from staged_vlm_jax.models.sharding import DEFAULT_RULES, MeshAxes
@@ -237,8 +237,7 @@ class RunSpec:
         """How the run's images become model inputs: the model family's processor, ``data.image_resize`` deciding
         where [min_pixels, max_pixels] apply, ``data.image_backend``'s resize kernel."""
         data = self.data
-        settings = SETTINGS[self.model.family]
-        return IMAGE_RESIZES[data.image_resize](settings, data.min_pixels, data.max_pixels, data.image_backend)
+        return image_inputs(self.model.family, data.image_resize, data.min_pixels, data.max_pixels, data.image_backend)
 
     def rules(self) -> dict[str, MeshAxes]:
         """The sharding rules: `sharding.DEFAULT_RULES` with ``sharding_rules`` applied (lists become tuples)."""
