@@ -37,10 +37,14 @@ setup(
         "sympy>=1.13,<2",
         "pylatexenc>=2.10,<3",
         "tqdm>=4.66,<5",
+        # staged-vlm serve: Starlette (ASGI routing, streaming responses) on uvicorn; see serve.py for why not FastAPI.
+        "starlette>=1.0,<2",
+        "uvicorn>=0.34,<1",
     ],
     extras_require={
         # torch is the parity oracle only; 2.13.0 exactly (a looser pin pulls a multi-GB CUDA build).
-        "test": ["pytest>=8,<10", "ruff>=0.15,<1", "torch==2.13.0"],
+        # openai: the official client the server is tested against (tests/test_serve.py, benchmarks/serve.py).
+        "test": ["pytest>=8,<10", "ruff>=0.15,<1", "torch==2.13.0", "openai>=3,<4"],
         "gpu": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
         # gs:// workdirs and data: gcsfs for etils.epath / TensorBoard, the GCS client Orbax calls.

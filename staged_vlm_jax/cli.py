@@ -231,15 +231,15 @@ def _eval(args: argparse.Namespace) -> int:
     from staged_vlm_jax.paths import as_path
     from staged_vlm_jax.rl.rollout import RolloutEngine
     from staged_vlm_jax.train.config import ConfigKeyError, build
-    from staged_vlm_jax.train.export import export_hf
+    from staged_vlm_jax.train.export import model_directory
 
     spec = build(suite.SuiteSpec, load_config(args.config, args.overrides), "config")
     problems = spec.problems()
     if problems:
         raise ConfigKeyError(f"config.{problems[0]}")
-    workdir, model_dir = as_path(args.workdir), as_path(args.model)
-    if not (model_dir / "config.json").exists() and model_dir.exists():  # a run: export its checkpoint first
-        model_dir, step = export_hf(model_dir, workdir / "model", args.step)
+    workdir = as_path(args.workdir)
+    model_dir, step = model_directory(args.model, workdir / "model", args.step)
+    if step is not None:
         print(f"eval: exported step {step} of {args.model} to {model_dir}", file=sys.stderr)
     family, _ = read_config(model_dir)
     mesh = make_mesh(dict(spec.mesh))
@@ -248,6 +248,66 @@ def _eval(args: argparse.Namespace) -> int:
                                RolloutEngine(suite.engine_config(spec), mesh))  # fmt: skip
     runner.run(workdir, args.limit)
     print((workdir / "table1.md").read_text(), end="")
+    return 0
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from staged_vlm_jax.serve import ServeSpec
+
+    parser.add_argument("--model", required=True, help="a Hugging Face directory, or a run's workdir / checkpoints/")
+    parser.add_argument("--step", type=int, default=None, help="with a run: the checkpoint step (default: latest)")
+    parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: dir name)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--dtype", default="bfloat16", help="parameter dtype (default bfloat16)")
+    parser.add_argument("--mesh", default='{"data": -1, "fsdp": 1, "tensor": 1}', help="device mesh as JSON "
+                        "(default: the model on every device, batches split over them, as eval)")  # fmt: skip
+    spec = ServeSpec("")
+    for flag, help_text in (("max_batch", "rows (prompts x n) decoded together"),
+                            ("max_wait_ms", "how long a request waits for others to batch with"),
+                            ("max_queue", "queued requests before 429"),
+                            ("max_model_len", "prompt + completion tokens per request"),
+                            ("max_tokens", "completion tokens when a request gives no max_tokens"),
+                            ("segment", "tokens decoded per device call between streaming updates")):  # fmt: skip
+        value = getattr(spec, flag)
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=type(value), default=value,
+                            help=f"{help_text} (default {value})")  # fmt: skip
+    parser.add_argument("--allow-local-images", action="store_true", help="accept image_url paths on this machine")
+    parser.add_argument("--min-pixels", type=int, default=None, help="image size bounds (default: staged-vlm eval's)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="image size bounds (default: staged-vlm eval's)")
+    parser.add_argument("--export-dir", default=None, help="with a run: where its checkpoint is exported "
+                        "(default: a temporary directory, removed at exit)")  # fmt: skip
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Loads the model and serves OpenAI-compatible chat completions until interrupted (`serve`)."""
+    import tempfile
+
+    from staged_vlm_jax import models
+    from staged_vlm_jax.data.images import image_inputs
+    from staged_vlm_jax.data.tokenizer import load_tokenizer
+    from staged_vlm_jax.eval.suite import SuiteSpec
+    from staged_vlm_jax.models.hf_io import read_config
+    from staged_vlm_jax.models.sharding import make_mesh
+    from staged_vlm_jax.rl.rollout import RolloutEngine
+    from staged_vlm_jax.serve import Server, ServeSpec, serve
+    from staged_vlm_jax.train.export import model_directory
+
+    with tempfile.TemporaryDirectory(prefix="staged-vlm-serve-") as scratch:
+        model_dir, step = model_directory(args.model, args.export_dir or scratch, args.step)
+        if step is not None:
+            print(f"serve: exported step {step} of {args.model} to {model_dir}", file=sys.stderr)
+        family, _ = read_config(model_dir)
+        mesh = make_mesh(json.loads(args.mesh))
+        model, _ = models.load_hf(model_dir, dtype=args.dtype, mesh=mesh)
+        suite = SuiteSpec({})
+        images = image_inputs(family.name, suite.image_resize, args.min_pixels or suite.min_pixels,
+                              args.max_pixels or suite.max_pixels, suite.image_backend)  # fmt: skip
+        name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+        spec = ServeSpec(name, **{flag: getattr(args, flag) for flag in ("max_batch", "max_wait_ms", "max_queue",
+                         "max_model_len", "max_tokens", "segment", "allow_local_images")})  # fmt: skip
+        server = Server(spec, model, load_tokenizer(model_dir), images, RolloutEngine(mesh=mesh))
+        serve(server, args.host, args.port)
     return 0
 
 
@@ -293,6 +353,7 @@ def _plot(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("run or resume a config's stages in a workdir", _train_arguments, _train),
     "eval": ("answer and score benchmark files with a model (resumable); prints Table 1", _eval_arguments, _eval),
+    "serve": ("OpenAI-compatible chat completions over the model (/v1/chat/completions)", _serve_arguments, _serve),
     "compare": ("runs side by side as Table 1, with deltas and plots", _compare_arguments, _compare),
     "export": ("write a Hugging Face directory from a run's checkpoint", _export_arguments, _export),
     "plan": (

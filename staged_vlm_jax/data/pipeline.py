@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -42,7 +42,7 @@ from transformers import PreTrainedTokenizerFast
 from staged_vlm_jax.data import curriculum
 from staged_vlm_jax.data.batch import PromptBatch, bucket, left_pad
 from staged_vlm_jax.data.images import ImageInputs
-from staged_vlm_jax.data.prompts import build_prompt
+from staged_vlm_jax.data.prompts import build_prompt, chat_prompt
 from staged_vlm_jax.data.schema import (
     ON_ERROR_POLICIES,
     DataError,
@@ -245,12 +245,23 @@ class PromptBuilder:
                system_prompt: str | None = None) -> Prompt:  # fmt: skip
         """``text`` (one ``<image>`` per image) and its images as a `Prompt`: the images loaded and preprocessed, the
         token ids built (`build_prompt`). Raises `DataError` naming an image that cannot be loaded or processed."""
+        return self._prompt(prompt_id, images, answer, lambda grids: build_prompt(
+            self.tokenizer, text, grids, merge_size=self.images.settings.merge_size, system_prompt=system_prompt,
+            problem_id=prompt_id, append_format=append_format))  # fmt: skip
+
+    def chat(self, prompt_id: str, messages: Sequence[dict[str, Any]], images: Sequence[ImageRef]) -> Prompt:
+        """Chat ``messages`` (one ``{"type": "image"}`` entry per image, in order) as a `Prompt` (`chat_prompt`)."""
+        merge_size = self.images.settings.merge_size
+        return self._prompt(prompt_id, images, "", lambda grids: chat_prompt(
+            self.tokenizer, messages, grids, merge_size=merge_size, problem_id=prompt_id))  # fmt: skip
+
+    def _prompt(self, prompt_id: str, images: Sequence[ImageRef], answer: str,
+                token_ids: Callable[[np.ndarray], list[int]]) -> Prompt:  # fmt: skip
+        """The images preprocessed, then ``token_ids`` of their grids."""
         pixels = [self._preprocess(image) for image in images]
         grids = np.array([grid for _, grid in pixels], dtype=np.int64).reshape(-1, 3)
-        ids = build_prompt(self.tokenizer, text, grids, merge_size=self.images.settings.merge_size,
-                           system_prompt=system_prompt, problem_id=prompt_id, append_format=append_format)  # fmt: skip
         pixel_values = np.concatenate([values for values, _ in pixels]) if pixels else None
-        return Prompt(prompt_id, np.asarray(ids, np.int32), answer, pixel_values, grids)
+        return Prompt(prompt_id, np.asarray(token_ids(grids), np.int32), answer, pixel_values, grids)
 
     def _preprocess(self, image: ImageRef) -> tuple[np.ndarray, np.ndarray]:
         loaded = image.load(self.images.pre_resize)

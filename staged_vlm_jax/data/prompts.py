@@ -139,11 +139,27 @@ def build_prompt(
     repeated t·h·w / merge_size² times for the i-th grid. The result equals the processor's ``input_ids``.
     Raises `ImageTokenMismatchError` naming ``problem_id`` if the placeholders and images do not pair up.
     """
-    counts = image_feature_counts(grids, merge_size, problem_id)
     messages = build_messages(
         problem, len(grids), system_prompt=system_prompt, append_format=append_format, problem_id=problem_id
     )
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return chat_prompt(tokenizer, messages, grids, merge_size=merge_size, problem_id=problem_id)
+
+
+def chat_prompt(
+    tokenizer: PreTrainedTokenizerFast,
+    messages: Sequence[dict[str, Any]],
+    grids: Sequence[Sequence[int]],
+    *,
+    merge_size: int = 2,
+    problem_id: Any = None,
+) -> list[int]:
+    """Prompt token ids of chat ``messages`` (``{"type": "image"}`` content entries in the order of ``grids``),
+    ending in the assistant header: the tokenizer's chat template with ``add_generation_prompt=True``, tokenized
+    without added special tokens, the i-th ``<|image_pad|>`` repeated t·h·w / merge_size² times for the i-th grid
+    (`build_prompt` for a training row, the server for a conversation). Raises `ImageTokenMismatchError` naming
+    ``problem_id`` if placeholders and images do not pair up."""
+    counts = image_feature_counts(grids, merge_size, problem_id)
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     pad = image_token_id(tokenizer)
     ids: list[int] = []
     image = 0

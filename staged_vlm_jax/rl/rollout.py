@@ -12,6 +12,10 @@ image features cannot drift apart between rollout and training. Per call:
 A batch whose KV cache would exceed the memory bound is sampled in chunks of prompts (the largest batch bucket
 that fits, one compiled program for all chunks) instead of being refused; ``last_chunks`` says how many.
 
+`RolloutEngine.start` runs the same prefill and loop as two programs, the loop a segment of steps per call
+(`DecodeStream`), for the server: it streams tokens as they come and ends rows early (stop strings, cancelled
+requests). Rows of the batch bucket that hold no prompt are done from the start, so they never keep the loop going.
+
 Log-probs are those of the tempered, untruncated distribution, ``log_softmax(logits / temperature)``, which is
 what the learner recomputes for the same tokens; top-k / top-p and the ban on vision special tokens only shape
 which token is drawn. Response masks include the EOS token (EasyR1/verl convention: EOS is trained).
@@ -32,6 +36,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from staged_vlm_jax.data.batch import SLOT_BUCKETS, PromptBatch, bucket, model_inputs, pad_axis, to_per_row
+from staged_vlm_jax.models.layers import KVCache
 from staged_vlm_jax.models.sharding import (
     DEFAULT_RULES,
     MeshAxes,
@@ -62,6 +67,25 @@ class RolloutOutput:
     log_probs: jax.Array
     mask: jax.Array
     lengths: jax.Array
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """The decode loop's carry: tokens drawn so far (``step`` of them per row), which rows are done, the logits of
+    the next position, the KV cache and the key. Lives on the device between the segments of a `DecodeStream`."""
+
+    step: jax.Array
+    done: jax.Array
+    tokens: jax.Array
+    log_probs: jax.Array
+    mask: jax.Array
+    logits: jax.Array
+    cache: KVCache
+    rng: jax.Array
+
+    def output(self) -> RolloutOutput:
+        mask = self.mask.astype(jnp.int32)
+        return RolloutOutput(tokens=self.tokens, log_probs=self.log_probs, mask=mask, lengths=mask.sum(axis=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,69 +191,86 @@ class RolloutEngine:
             self._sample,
             static_argnames=("graphdef", "n", "length", "cache_size", "top_k", "greedy", "eos", "pad", "banned"),
         )
+        # `start` / `DecodeStream`: the same prefill and loop as two programs, so the host sees tokens in between.
+        self._start_program = jax.jit(self._start, static_argnames=("graphdef", "n", "length", "cache_size", "pad"))
+        self._advance_program = jax.jit(
+            self._advance,
+            donate_argnames=("carry",),
+            static_argnames=("graphdef", "top_k", "greedy", "eos", "pad", "banned"),
+        )
 
     # -- the compiled program -------------------------------------------------------------------------------------
 
-    def _sample(
-        self,
-        state,
-        input_ids,
-        attention_mask,
-        pixel_values,
-        image_grid_thw,
-        rng,
-        max_new_tokens,
-        temperature,
-        top_p,
-        *,
-        graphdef,
-        n,
-        length,
-        cache_size,
-        top_k,
-        greedy,
-        eos,
-        pad,
-        banned,
-    ) -> RolloutOutput:
+    def _begin(self, model, input_ids, attention_mask, pixel_values, image_grid_thw, rng, *, n, length, cache_size,
+               pad) -> DecodeState:  # fmt: skip
+        """The vision tower and prefill, once per prompt, then the cache repeated to the ``n`` rows of each group."""
         self.num_compilations += 1  # runs at trace time only
-        model = nnx.merge(graphdef, state)
         batch = input_ids.shape[0]
         self.last_trace = {"prefill_batch": batch, "decode_batch": batch * n, "cache_size": cache_size}
         logits, cache = model.prefill(input_ids, attention_mask, pixel_values, image_grid_thw, cache_size=cache_size)
         logits, cache = jnp.repeat(logits, n, axis=0), cache.repeat(n)
         rows = batch * n
+        return DecodeState(
+            step=jnp.asarray(0, jnp.int32),
+            done=jnp.repeat(~jnp.any(attention_mask > 0, axis=1), n),  # padding rows of the batch bucket: no prompt
+            tokens=jnp.full((rows, length), pad, jnp.int32),
+            log_probs=jnp.zeros((rows, length), jnp.float32),
+            mask=jnp.zeros((rows, length), bool),
+            logits=constrain(logits, ("batch", "vocab")),
+            cache=cache,
+            rng=rng,
+        )
+
+    @staticmethod
+    def _decode_until(model, carry: DecodeState, limit, temperature, top_p, *, top_k, greedy, eos, pad,
+                      banned) -> DecodeState:  # fmt: skip
+        """Decodes one token per step until step ``limit`` or until every row has emitted an EOS token."""
         eos_ids = jnp.asarray(eos, jnp.int32)
 
-        def cond(carry):
-            step, done = carry[0], carry[1]
-            return (step < max_new_tokens) & ~jnp.all(done)
+        def cond(carry: DecodeState):
+            return (carry.step < limit) & ~jnp.all(carry.done)
 
-        def body(carry):
-            step, done, tokens, log_probs, mask, logits, cache, rng = carry
-            rng, key = jax.random.split(rng)
-            token, log_prob = choose_tokens(logits, key, temperature, top_p, top_k=top_k, greedy=greedy, banned=banned)
+        def body(carry: DecodeState):
+            rng, key = jax.random.split(carry.rng)
+            token, log_prob = choose_tokens(carry.logits, key, temperature, top_p, top_k=top_k, greedy=greedy,
+                                            banned=banned)  # fmt: skip
+            done, step = carry.done, carry.step
             token = jnp.where(done, pad, token)
-            tokens = tokens.at[:, step].set(token)
-            log_probs = log_probs.at[:, step].set(jnp.where(done, 0.0, log_prob))
-            mask = mask.at[:, step].set(~done)
-            done = done | jnp.isin(token, eos_ids)
-            logits, cache = model.decode(token[:, None], cache)
-            return step + 1, done, tokens, log_probs, mask, logits[:, -1], cache, rng
+            logits, cache = model.decode(token[:, None], carry.cache)
+            return DecodeState(
+                step=step + 1,
+                done=done | jnp.isin(token, eos_ids),
+                tokens=carry.tokens.at[:, step].set(token),
+                log_probs=carry.log_probs.at[:, step].set(jnp.where(done, 0.0, log_prob)),
+                mask=carry.mask.at[:, step].set(~done),
+                logits=logits[:, -1],
+                cache=cache,
+                rng=rng,
+            )
 
-        init = (
-            jnp.asarray(0, jnp.int32),
-            jnp.zeros((rows,), bool),
-            jnp.full((rows, length), pad, jnp.int32),
-            jnp.zeros((rows, length), jnp.float32),
-            jnp.zeros((rows, length), bool),
-            constrain(logits, ("batch", "vocab")),
-            cache,
-            rng,
-        )
-        _, _, tokens, log_probs, mask, *_ = jax.lax.while_loop(cond, body, init)
-        mask = mask.astype(jnp.int32)
-        return RolloutOutput(tokens=tokens, log_probs=log_probs, mask=mask, lengths=mask.sum(axis=1))
+        return jax.lax.while_loop(cond, body, carry)
+
+    def _sample(self, state, input_ids, attention_mask, pixel_values, image_grid_thw, rng, max_new_tokens,
+                temperature, top_p, *, graphdef, n, length, cache_size, top_k, greedy, eos, pad,
+                banned) -> RolloutOutput:  # fmt: skip
+        """The whole sampling call as one program (what training and evaluation run)."""
+        model = nnx.merge(graphdef, state)
+        carry = self._begin(model, input_ids, attention_mask, pixel_values, image_grid_thw, rng, n=n, length=length,
+                            cache_size=cache_size, pad=pad)  # fmt: skip
+        carry = self._decode_until(model, carry, max_new_tokens, temperature, top_p, top_k=top_k, greedy=greedy,
+                                   eos=eos, pad=pad, banned=banned)  # fmt: skip
+        return carry.output()
+
+    def _start(self, state, input_ids, attention_mask, pixel_values, image_grid_thw, rng, *, graphdef, n, length,
+               cache_size, pad) -> DecodeState:  # fmt: skip
+        return self._begin(nnx.merge(graphdef, state), input_ids, attention_mask, pixel_values, image_grid_thw, rng,
+                           n=n, length=length, cache_size=cache_size, pad=pad)  # fmt: skip
+
+    def _advance(self, state, carry: DecodeState, finished, limit, temperature, top_p, *, graphdef, top_k, greedy,
+                 eos, pad, banned) -> DecodeState:  # fmt: skip
+        carry = carry.replace(done=carry.done | finished)
+        return self._decode_until(nnx.merge(graphdef, state), carry, limit, temperature, top_p, top_k=top_k,
+                                  greedy=greedy, eos=eos, pad=pad, banned=banned)  # fmt: skip
 
     # -- host side --------------------------------------------------------------------------------------------------
 
@@ -309,10 +350,62 @@ class RolloutEngine:
             raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature}")
         if not eos_token_ids:
             raise ValueError("eos_token_ids must name at least one token")
-        cfg = self.config
-        rows_bucket, prompt_bucket, length = self._buckets(batch, prompt_len, max_new_tokens)
-        cache_size = prompt_bucket + length
+        inputs, length, cache_size = self._inputs(model, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                                  max_new_tokens, pad_token_id)  # fmt: skip
+        graphdef, state = nnx.split(model)
+        with self._mesh_context(), axis_rules(self.rules):
+            out = self._program(state, *inputs, rng, jnp.asarray(max_new_tokens, jnp.int32),
+                                jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
+                                graphdef=graphdef, n=n, length=length, cache_size=cache_size, top_k=top_k,
+                                greedy=greedy, eos=tuple(eos_token_ids), pad=pad_token_id,
+                                banned=model.cfg.special_token_ids)  # fmt: skip
+        if jax.process_count() > 1:  # every process continues with the whole batch's results (host numpy)
+            out = to_host(out)
+        return jax.tree.map(lambda x: x[: batch * n, :max_new_tokens] if x.ndim == 2 else x[: batch * n], out)
 
+    def start(
+        self,
+        model: nnx.Module,
+        input_ids,
+        attention_mask,
+        *,
+        pixel_values=None,
+        image_grid_thw=None,
+        max_new_tokens: int,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        rng: jax.Array,
+    ) -> DecodeStream:
+        """What `generate` samples (the same tokens for the same arguments), as a `DecodeStream` the caller decodes
+        a segment at a time: for serving, which streams tokens as they come and stops rows early (a stop string,
+        a cancelled request). One process; the batch must fit the KV-cache bound (`prompts_per_call`)."""
+        input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
+        if temperature <= 0 or not eos_token_ids:
+            raise ValueError("temperature must be > 0 and eos_token_ids must name at least one token")
+        if self.prompts_per_call(model, len(input_ids), input_ids.shape[1], max_new_tokens, n) < len(input_ids):
+            raise CacheTooLargeError(f"{len(input_ids)} prompts × n {n} do not fit the KV-cache bound in one call")
+        inputs, length, cache_size = self._inputs(model, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                                  max_new_tokens, pad_token_id)  # fmt: skip
+        graphdef, state = nnx.split(model)
+        with self._mesh_context(), axis_rules(self.rules):
+            carry = self._start_program(state, *inputs, rng, graphdef=graphdef, n=n, length=length,
+                                        cache_size=cache_size, pad=pad_token_id)  # fmt: skip
+        static = dict(graphdef=graphdef, top_k=top_k, greedy=greedy, eos=tuple(eos_token_ids), pad=pad_token_id,
+                      banned=model.cfg.special_token_ids)  # fmt: skip
+        sampling = (jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32))
+        return DecodeStream(self, state, carry, len(input_ids) * n, max_new_tokens, sampling, static)
+
+    def _inputs(self, model, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values, image_grid_thw,
+                max_new_tokens: int, pad_token_id: int) -> tuple[tuple, int, int]:  # fmt: skip
+        """The sampling program's array inputs (ids, mask, pixels, grids) padded to their buckets and placed, the
+        new-token bucket and the cache size."""
+        batch, prompt_len = input_ids.shape
+        rows_bucket, prompt_bucket, length = self._buckets(batch, prompt_len, max_new_tokens)
         # Prompts left-padded to the prompt bucket, then padding rows (all pad, no attention) up to the batch bucket.
         pad = lambda x, value: pad_axis(pad_axis(x.astype(np.int32), 1, prompt_bucket, left=True, value=value), 0,
                                         rows_bucket, value=value)  # fmt: skip
@@ -321,35 +414,10 @@ class RolloutEngine:
             pixel_values, image_grid_thw = to_per_row(
                 input_ids, np.asarray(pixel_values), np.asarray(image_grid_thw), rows_bucket,
                 image_token_id=model.cfg.image_token_id, merge_size=model.cfg.vision.spatial_merge_size,
-                patch_buckets=cfg.patch_buckets,
+                patch_buckets=self.config.patch_buckets,
             )  # fmt: skip
             pixel_values, image_grid_thw = self._place(pixel_values), self._place(image_grid_thw)
-        ids, mask = self._place(ids), self._place(mask)
-        graphdef, state = nnx.split(model)
-        with self._mesh_context(), axis_rules(self.rules):
-            out = self._program(
-                state,
-                ids,
-                mask,
-                pixel_values,
-                image_grid_thw,
-                rng,
-                jnp.asarray(max_new_tokens, jnp.int32),
-                jnp.asarray(temperature, jnp.float32),
-                jnp.asarray(top_p, jnp.float32),
-                graphdef=graphdef,
-                n=n,
-                length=length,
-                cache_size=cache_size,
-                top_k=top_k,
-                greedy=greedy,
-                eos=tuple(eos_token_ids),
-                pad=pad_token_id,
-                banned=model.cfg.special_token_ids,
-            )
-        if jax.process_count() > 1:  # every process continues with the whole batch's results (host numpy)
-            out = to_host(out)
-        return jax.tree.map(lambda x: x[: batch * n, :max_new_tokens] if x.ndim == 2 else x[: batch * n], out)
+        return (self._place(ids), self._place(mask), pixel_values, image_grid_thw), length, prompt_bucket + length
 
     def _generate_in_chunks(self, model, input_ids, attention_mask, pixel_values, image_grid_thw, chunk: int, *,
                             rng: jax.Array, **kwargs) -> RolloutOutput:  # fmt: skip
@@ -433,8 +501,45 @@ def compilation_count() -> int:
     return _DEFAULT_ENGINE.num_compilations
 
 
+class DecodeStream:
+    """A batch started by `RolloutEngine.start`, decoded ``steps`` tokens per `advance` call.
+
+    Rows are the ``n`` samples of each prompt, contiguous, as in `RolloutOutput`. Between calls the carry stays on
+    the device; `advance` may end rows early (``finish``), which then emit padding, and the batch stops decoding
+    once every row is done or ``max_new_tokens`` are drawn.
+    """
+
+    def __init__(self, engine: RolloutEngine, state, carry: DecodeState, rows: int, max_new_tokens: int,
+                 sampling: tuple[jax.Array, jax.Array], static: dict) -> None:  # fmt: skip
+        self._engine, self._state, self._carry, self._sampling, self._static = engine, state, carry, sampling, static
+        self.rows, self.max_new_tokens, self.step = rows, max_new_tokens, 0
+        self.done = np.zeros(rows, bool)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.max_new_tokens or bool(self.done.all())
+
+    def advance(self, steps: int, finish: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Ends rows ``finish``, decodes up to ``steps`` more tokens; returns the new tokens [rows, k] with
+        ``mask`` [rows, k] (1 for real tokens, EOS included; k ≤ steps, 0 once `finished`)."""
+        finished = np.zeros(self._carry.done.shape, bool)
+        finished[list(finish)] = True
+        limit = min(self.step + steps, self.max_new_tokens)
+        engine = self._engine
+        with engine._mesh_context(), axis_rules(engine.rules):
+            self._carry = engine._advance_program(self._state, self._carry, finished, jnp.asarray(limit, jnp.int32),
+                                                  *self._sampling, **self._static)  # fmt: skip
+        start, self.step = self.step, int(self._carry.step)
+        tokens, mask, done = jax.device_get((self._carry.tokens[: self.rows, start : self.step],
+                                             self._carry.mask[: self.rows, start : self.step],
+                                             self._carry.done[: self.rows]))  # fmt: skip
+        self.done = np.asarray(done)
+        return np.asarray(tokens), np.asarray(mask, np.int32)
+
+
 __all__ = [
     "CacheTooLargeError",
+    "DecodeStream",
     "EngineConfig",
     "RolloutEngine",
     "RolloutOutput",

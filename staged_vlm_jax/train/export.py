@@ -46,3 +46,13 @@ def export_hf(checkpoints: PathLike, out: PathLike, step: int | None = None) -> 
         models.save_hf(model, model_config(spec), local)
         workdir_lib.tokenizer(spec, workdir).save_pretrained(local)
     return as_path(out), step
+
+
+def model_directory(model: PathLike, export_to: PathLike, step: int | None = None) -> tuple[epath.Path, int | None]:
+    """A Hugging Face directory of ``model`` for inference (`staged-vlm eval`, `staged-vlm serve`): ``model``
+    itself when it is one (it has a config.json), else — a run's workdir or checkpoints/ — its checkpoint ``step``
+    (default the latest) exported to ``export_to``; with the step exported (None for an HF directory)."""
+    path = as_path(model)
+    if (path / "config.json").exists() or not path.exists():  # a missing path fails where it is loaded, by name
+        return path, None
+    return export_hf(path, export_to, step)

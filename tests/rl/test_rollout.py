@@ -161,6 +161,30 @@ def test_a_cache_over_the_memory_bound_is_sampled_in_chunks(setup):
         RolloutEngine(EngineConfig(max_cache_bytes=100_000)).generate(model, ids, mask, **args, **_kwargs(cfg))
 
 
+def test_a_stream_in_segments_samples_what_generate_samples(setup):
+    """`start` + `advance` (3 tokens at a time) give `generate`'s tokens for the same key, sampled with a group of
+    3 per prompt; a row ended early by the host emits no more tokens while the others go on."""
+    model, _, cfg, ids, mask, pixels, grids, _ = setup
+    args = dict(pixel_values=pixels, image_grid_thw=grids, max_new_tokens=NEW, n=3, rng=jax.random.key(4),
+                temperature=0.8, **_kwargs(cfg))  # fmt: skip
+    engine = RolloutEngine()
+    whole = engine.generate(model, ids, mask, **args)
+    stream = engine.start(model, ids, mask, **args)
+    parts = []
+    while not stream.finished:
+        parts.append(stream.advance(3))
+    tokens, token_mask = (np.concatenate(part, axis=1) for part in zip(*parts, strict=True))
+    np.testing.assert_array_equal(tokens, np.asarray(whole.tokens)[:, : tokens.shape[1]])
+    np.testing.assert_array_equal(token_mask.sum(axis=1), np.asarray(whole.lengths))
+
+    stream = engine.start(model, ids, mask, **{**args, "greedy": True})
+    first, _ = stream.advance(2)
+    rest, rest_mask = stream.advance(NEW, finish=[1])
+    assert rest_mask[1].sum() == 0 and (rest[1] == cfg.text.pad_token_id).all() and stream.done[1]
+    greedy = engine.generate(model, ids, mask, **{**args, "greedy": True})
+    np.testing.assert_array_equal(np.concatenate([first, rest], axis=1)[0], np.asarray(greedy.tokens)[0])
+
+
 def test_every_row_stops_at_eos():
     cfg = tiny()
     model = models.create(cfg, seed=2)
