@@ -10,7 +10,8 @@ new tokens (tokens/s counts the tokens really generated). Three ways, each after
 - ``server xN``: ``--clients`` concurrent OpenAI clients;
 - ``server x1``: one client, one request at a time (no batching possible).
 
-and prints each one's requests/s, completion tokens/s, p50/p99 latency and the ratios to ``server x1``.
+Batches of every bucket size up to ``--clients`` are compiled first (a server compiles a bucket on first use), and
+prints each one's requests/s, completion tokens/s, p50/p99 latency and the ratios to ``server x1``.
 
     python benchmarks/serve.py [--clients 16] [--requests 64] [--max-tokens 32] [--images] [--model DIR]
 """
@@ -167,8 +168,8 @@ def main() -> None:
         batch = requests(args.requests, args.images)
         warmup = requests(args.clients, args.images)
         rows = {}
-        load(client, name, warmup, args.clients, args.max_tokens)  # compiles the buckets the runs use
-        load(client, name, warmup[:1], 1, args.max_tokens)
+        for size in sorted({min(2**i, args.clients) for i in range(args.clients.bit_length() + 1)}) * 2:
+            load(client, name, warmup[:size], size, args.max_tokens)  # compiles the batch buckets the runs meet
         rows[f"server x{args.clients}"] = load(client, name, batch, args.clients, args.max_tokens)
         rows["server x1"] = load(client, name, batch[: max(4, args.requests // args.clients)], 1, args.max_tokens)
     finally:
