@@ -5,10 +5,13 @@
 
 Each benchmark is a local file (the VLMEvalKit TSV, or the official parquet); the paths below are placeholders.
 Trained models answer with the paper's think/boxed instruction as the system prompt; evaluate a base model with
---config.system_prompt=none.
+--config.system_prompt=none. Scoring is rule-based unless judge.url names an OpenAI-compatible endpoint (with
+judge.model, the model it serves), whose LLM then reads the responses the rules cannot, as VLMEvalKit's judge did
+for the paper (staged_vlm_jax/eval/judge.py); the API key, if the endpoint needs one, is read from the environment
+variable judge.api_key_env.
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 BENCHMARK_FILES = {
     "mathvista_mini": "MathVista_MINI.tsv",
@@ -22,10 +25,26 @@ BENCHMARK_FILES = {
 }
 
 
-def get_config(root: str = "/data/bench") -> ConfigDict:
+def judge() -> ConfigDict:
+    """The LLM judge, off (url None) by default; the eval configs share it."""
     return ConfigDict(
         dict(
-            benchmarks={name: f"{root}/{file}" for name, file in BENCHMARK_FILES.items()},
+            url=config_dict.placeholder(str),  # e.g. http://127.0.0.1:8000/v1
+            model="",
+            api_key_env="OPENAI_API_KEY",
+            timeout_s=60.0,
+            retries=3,
+            backoff_s=1.0,
+            max_concurrency=8,
+            max_tokens=2048,
+        )
+    )
+
+
+def get_config(root: str = "/data/bench", files: dict[str, str] = BENCHMARK_FILES) -> ConfigDict:
+    return ConfigDict(
+        dict(
+            benchmarks={name: f"{root}/{file}" for name, file in files.items()},
             dtype="bfloat16",
             system_prompt="format",
             max_new_tokens=2048,
@@ -36,5 +55,6 @@ def get_config(root: str = "/data/bench") -> ConfigDict:
             image_resize="easyr1",
             image_backend="pil",
             mesh=dict(data=-1, fsdp=1, tensor=1),
+            judge=judge(),
         )
     )

@@ -7,8 +7,14 @@ trained models get the think/``\\boxed{}`` instruction as the *system prompt*, b
 appended to ``<workdir>/<benchmark>.jsonl`` one line per record (``index``, ``prediction``, ``response_tokens``)
 as each batch finishes, so a killed run rerun on the same workdir answers only the records still missing and ends
 with the same scores. Then each benchmark's official scorer runs over all its answers; ``scores.json`` holds every
-score, ``table1.md`` the headline per benchmark, the visual-math and perception averages, their mean (Overall) and
-the mean response length in tokens, as the paper's Table 1.
+score, ``table1.md`` the headline per benchmark, the visual-math and perception averages, their mean (Overall), the
+extended suite's average (appendix Table 9) where it was evaluated, and the mean response length in tokens, as the
+paper's Table 1.
+
+With ``config.judge.url`` set, an LLM judge reads the responses the rules cannot, before scoring, as VLMEvalKit does
+(`eval.judge`): its verdicts are added to the predictions file (appended as each arrives, then one line per record),
+so a resumed evaluation asks only about records without a usable verdict of the same judge model; a failed request
+leaves the record its rule-based score and is counted in ``scores.json`` (``judge/failed`` per benchmark).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,6 +37,7 @@ from staged_vlm_jax.data.pipeline import Prompt, PromptBuilder, PromptCollator
 from staged_vlm_jax.data.prompts import FORMAT_INSTRUCTION
 from staged_vlm_jax.data.schema import DataError, RowLocation
 from staged_vlm_jax.eval import benchmarks
+from staged_vlm_jax.eval.judge import VERDICT, Judge, JudgeSpec, judge_records
 from staged_vlm_jax.eval.runner import responses
 from staged_vlm_jax.paths import as_path, write_atomic
 from staged_vlm_jax.rl.rollout import EngineConfig, RolloutEngine
@@ -38,7 +46,8 @@ from staged_vlm_jax.train.results import markdown_table
 # ``system_prompt``: the paper evaluates its trained models with the format instruction as the system prompt and
 # base models without one.
 SYSTEM_PROMPTS: dict[str, str | None] = {"format": FORMAT_INSTRUCTION, "none": None}
-GROUPS = (("visual_math", "Visual math AVG"), ("perception", "Perception AVG"))
+GROUPS = (("visual_math", "Visual math AVG"), ("perception", "Perception AVG"))  # Overall: their mean
+EXTENDED = ("extended", "Extended AVG")  # the appendix's extended suite, outside Overall
 RESPONSE_TOKENS = "response tokens"
 TABLE_ONE = "table1"  # scores.json's key for the Table-1 row
 
@@ -58,6 +67,7 @@ class SuiteSpec:
     image_resize: str = "easyr1"
     image_backend: str = "pil"
     mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    judge: JudgeSpec = dataclasses.field(default_factory=JudgeSpec)
 
     def problems(self) -> list[str]:
         """What is wrong with the spec, as ``key: message`` lines (checked before any model loads)."""
@@ -72,7 +82,7 @@ class SuiteSpec:
                 problems.append(f"{key}: {value!r} is not one of {sorted(choices)}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             problems.append("max_new_tokens and batch_size must be >= 1")
-        return problems
+        return problems + self.judge.problems()
 
 
 def image_inputs(spec: SuiteSpec, model_type: str) -> ImageInputs:
@@ -110,6 +120,7 @@ class SuiteRunner:
         self.eos_token_ids = tuple(dict.fromkeys([tokenizer.eos_token_id, tokenizer.pad_token_id]))
         self.collate = PromptCollator(tokenizer.pad_token_id, spec.prompt_buckets)
         self.builder = PromptBuilder(tokenizer, images, "raise")
+        self.judge = Judge(spec.judge) if spec.judge.url is not None else None
 
     def prompt(self, bench: benchmarks.Benchmark, record: dict[str, Any], where: RowLocation) -> Prompt:
         question = bench.question(record, where)
@@ -143,7 +154,33 @@ class SuiteRunner:
                 file.flush()
                 answers.update((row["index"], row) for row in rows)
                 progress.update(len(rows))
-        return [{**record, **answers[index]} for index, record in enumerate(records)]
+        # The answer row's "index" is the record's position; the record keeps its own (a TSV's index column).
+        return [{**record, **{key: value for key, value in answers[index].items() if key != "index"}}
+                for index, record in enumerate(records)]  # fmt: skip
+
+    def ask_judge(self, name: str, records: list[dict[str, Any]], out: epath.Path) -> dict[str, float]:
+        """Asks the judge about the records of benchmark ``name`` its rules cannot read (`judge.judge_records`),
+        saving each new verdict on its row of ``out``; returns the judge's counts (module docstring)."""
+        task = benchmarks.get(name).judge
+        if self.judge is None or task is None:
+            return {}
+        rows = read_answers(out)
+        with tqdm.tqdm(desc=f"judge {name}", unit="q", dynamic_ncols=True) as progress, out.open("a") as file:
+
+            def save(position: int, verdict: dict[str, str]) -> None:
+                rows[position][VERDICT] = verdict
+                file.write(json.dumps(rows[position]) + "\n")
+                file.flush()
+
+            counts = judge_records(self.judge, task, records, save, lambda done: progress.update(1))
+        if counts["judge/asked"]:  # one line per record again, the verdicts in place
+            write_atomic(out, "".join(json.dumps(row) + "\n" for row in rows.values()))
+        if counts["judge/failed"]:
+            first = next(row[VERDICT]["error"] for row in rows.values() if "error" in row.get(VERDICT, {}))
+            failed, asked = int(counts["judge/failed"]), int(counts["judge/asked"])
+            print(f"eval: judge: {failed} of {asked} {name} requests failed (e.g. {first}); those records keep their "
+                  "rule-based score, a rerun asks again", file=sys.stderr)  # fmt: skip
+        return counts
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -153,8 +190,10 @@ class SuiteRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         scores, lengths = {}, []
         for name, path in self.spec.benchmarks.items():
-            answered = self.answer(name, as_path(path), workdir / f"{name}.jsonl", limit)
-            scores[name] = benchmarks.get(name).score(answered)
+            out = workdir / f"{name}.jsonl"
+            answered = self.answer(name, as_path(path), out, limit)
+            counts = self.ask_judge(name, answered, out)
+            scores[name] = {**benchmarks.get(name).score(answered), **counts}
             lengths += [row["response_tokens"] for row in answered]
         row = table_one_row(scores, lengths)
         (workdir / "scores.json").write_text(json.dumps({**scores, TABLE_ONE: row}, indent=1) + "\n")
@@ -164,18 +203,23 @@ class SuiteRunner:
 
 def table_one_row(scores: dict[str, dict[str, float]], lengths: Sequence[int]) -> dict[str, float]:
     """The paper's Table 1 row for one model: each benchmark's headline score (visual math first, then
-    perception), each group's average over its benchmarks present, Overall (the mean of the group averages) and
-    ``response tokens``, the mean response length over every answer (``lengths``)."""
-    names = [name for group, _ in GROUPS for name in scores if benchmarks.get(name).group == group]
+    perception, then the extended suite), each group's average over its benchmarks present, Overall (the mean of the
+    visual-math and perception averages), the extended suite's average apart, and ``response tokens``, the mean
+    response length over every answer (``lengths``)."""
+    groups = (*GROUPS, EXTENDED)
+    names = [name for group, _ in groups for name in scores if benchmarks.get(name).group == group]
     names += [name for name in scores if name not in names]
     row = {name: scores[name][benchmarks.get(name).headline] for name in names}
-    averages = {}
-    for group, label in GROUPS:
+
+    def average(group: str) -> float | None:
         members = [row[name] for name in names if benchmarks.get(name).group == group]
-        if members:
-            averages[label] = sum(members) / len(members)
+        return sum(members) / len(members) if members else None
+
+    averages = {label: mean for group, label in GROUPS if (mean := average(group)) is not None}
     if averages:
         averages["Overall"] = sum(averages.values()) / len(averages)
+    if (extended := average(EXTENDED[0])) is not None:
+        averages[EXTENDED[1]] = extended
     return {**row, **averages, RESPONSE_TOKENS: sum(lengths) / len(lengths)}
 
 

@@ -106,6 +106,47 @@ def test_the_eval_configs_build_with_every_benchmark_registered():
     from staged_vlm_jax.eval.suite import SuiteSpec
     from staged_vlm_jax.train.config import build
 
-    spec = build(SuiteSpec, cli.load_config(str(REPO / "configs/eval/main_suite.py"), []), "config")
-    assert sorted(spec.benchmarks) == sorted(benchmarks.BENCHMARKS)  # the main suite is Table 1, all of it
-    assert [problem.split(":")[0] for problem in spec.problems()] == [f"benchmarks.{n}" for n in spec.benchmarks]
+    groups = {"main_suite": {"visual_math", "perception"}, "extended_suite": {"extended"}}
+    suites = {name: build(SuiteSpec, cli.load_config(str(REPO / f"configs/eval/{name}.py"), []), "config")
+              for name in groups}  # fmt: skip
+    for name, spec in suites.items():  # the main suite is Table 1, all of it; the extended suite appendix Table 9
+        registered = sorted(bench for bench, b in benchmarks.BENCHMARKS.items() if b.group in groups[name])
+        assert sorted(spec.benchmarks) == registered
+        assert [problem.split(":")[0] for problem in spec.problems()] == [f"benchmarks.{n}" for n in spec.benchmarks]
+        assert spec.judge.url is None  # rule-based unless a judge is configured
+    assert len(suites["extended_suite"].benchmarks) == 10
+    assert sorted({*suites["main_suite"].benchmarks, *suites["extended_suite"].benchmarks}) == sorted(
+        benchmarks.BENCHMARKS
+    )
+    # Both VisOnlyQA benchmarks read VLMEvalKit's one file.
+    extended = suites["extended_suite"].benchmarks
+    assert extended["visonlyqa_real"] == extended["visonlyqa_synthetic"] == "/data/bench/visonlyqa_vlmevalkit.tsv"
+
+
+def test_the_judge_is_configured_by_overrides():
+    from staged_vlm_jax.eval.suite import SuiteSpec
+    from staged_vlm_jax.train.config import build
+
+    overrides = ["--config.judge.url=http://127.0.0.1:8000/v1", "--config.judge.model=Qwen/Qwen2.5-72B-Instruct"]
+    spec = build(SuiteSpec, cli.load_config(str(REPO / "configs/eval/extended_suite.py"), overrides), "config")
+    assert (spec.judge.url, spec.judge.model, spec.judge.api_key_env) == (
+        "http://127.0.0.1:8000/v1",
+        "Qwen/Qwen2.5-72B-Instruct",
+        "OPENAI_API_KEY",
+    )
+    assert not [problem for problem in spec.problems() if problem.startswith("judge")]
+    spec = build(SuiteSpec, cli.load_config(str(REPO / "configs/eval/main_suite.py"), overrides[:1]), "config")
+    assert [problem for problem in spec.problems() if problem.startswith("judge")] == [
+        "judge.model: required with judge.url (the model name the endpoint serves)"
+    ]
+
+
+def test_table_one_averages_the_extended_suite_apart_from_overall():
+    from staged_vlm_jax.eval.suite import table_one_row
+
+    scores = {"dynamath": {"accuracy": 30.0}, "mmstar": {"accuracy": 70.0}, "hallusionbench": {"overall": 50.0},
+              "pope": {"f1": 80.0}, "mathvista_mini": {"accuracy": 60.0}}  # fmt: skip
+    row = table_one_row(scores, [10, 20])
+    assert list(row) == ["mathvista_mini", "mmstar", "pope", "dynamath", "hallusionbench", "Visual math AVG",
+                         "Perception AVG", "Overall", "Extended AVG", "response tokens"]  # fmt: skip
+    assert (row["Overall"], row["Extended AVG"], row["response tokens"]) == (67.5, 40.0, 15.0)

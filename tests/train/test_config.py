@@ -4,6 +4,7 @@ paper's step counts (EasyR1's per-epoch drop_last), and resumes compare configs 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from pathlib import Path
@@ -299,7 +300,7 @@ def test_the_docs_override_lines_load_and_take_effect(tmp_path: Path) -> None:
         if key.split(".")[0] in eval_only:
             suite = config_lib.build(SuiteSpec, load_config(str(CONFIGS_DIR / "eval" / "main_suite.py"), [override]),
                                      "config")  # fmt: skip
-            assert str(getattr(suite, key)) == value, override
+            assert str(functools.reduce(getattr, key.split("."), suite)) == value, override
             continue
         spec = config_lib.resolve(load_config(str(CONFIGS_DIR / "qwen2_5_vl_7b_staged.py"), [override]), tmp_path)
         key, value = override.removeprefix("--config.").split("=")

@@ -14,6 +14,12 @@ file's own fields and their images as given (base64 text, ``{"bytes", "path"}`` 
 naming another row's ``index`` holds that row's image (VLMEvalKit's convention). ``question(record, where)`` is
 VLMEvalKit's ``build_prompt`` for the dataset: its images first (one ``<image>`` each), then the text. Every
 malformed row is a `DataError` naming ``file:row``.
+
+LLM judge (optional, `eval.judge`): VLMEvalKit asks its judge model to read a response only when its rules cannot.
+A benchmark whose VLMEvalKit scorer does so has a `JudgeTask`: which records its rules cannot read (no ``\\boxed{}``
+and no rule match), the prompt VLMEvalKit sends (`judge_prompts`) and how a reply is read. The evaluation asks the
+judge about exactly those records and hands the scorer the judge's extraction under `JUDGED`; a scorer uses it
+where its rules fail (`judged`), and without it scores by rule alone, so a scorer never calls a network itself.
 """
 
 from __future__ import annotations
@@ -45,12 +51,40 @@ class Question:
     images: tuple[ImageRef, ...]
 
 
+# The judge's extraction of a record's response, as the evaluation hands it to the scorer (`JudgeTask`).
+JUDGED = "judge_extraction"
+
+
+def judged(record: Record) -> str | None:
+    """The LLM judge's extraction of the record's response, if the evaluation asked a judge about it (the rules
+    could not read it) and got a usable reply; None otherwise."""
+    value = record.get(JUDGED)
+    return value if isinstance(value, str) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeTask:
+    """How VLMEvalKit's LLM judge helps score a benchmark.
+
+    ``wanted(record, position)``: whether the rules cannot read the record's response (no ``\\boxed{}``, no rule
+    match), the only records a judge is asked about. ``messages(record)``: the chat messages VLMEvalKit sends its
+    judge for it (`judge_prompts`). ``parse(reply, record)``: the extraction in the judge's reply, in the form the
+    scorer reads under `JUDGED` (an option letter, "Yes"/"No", an answer string), or None for a reply the scorer
+    cannot use (counted as a failed request). A reply that reads "none of them" (an MCQ judge's "Z", a yes/no
+    judge's "Unknown") is an extraction: the judge answered, and the record is scored wrong."""
+
+    wanted: Callable[[Record, int], bool]
+    messages: Callable[[Record], list[dict[str, str]]]
+    parse: Callable[[str, Record], str | None]
+
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    """A benchmark by name: its scorer (records with ``"prediction"`` -> scores in %), which Table-1 group it
-    averages into ("visual_math", "perception", or "" for the extended suite), and how its local files become
-    questions: ``load`` reads a file (HF parquet or VLMEvalKit TSV, by extension) into records, the file's own
-    fields, and ``question`` builds a record's prompt (``where``: the file and row, for error messages)."""
+    """A benchmark by name: its scorer (records with ``"prediction"`` -> scores in %), which table group it averages
+    into ("visual_math", "perception": Table 1; "extended": the appendix's extended suite), and how its local files
+    become questions: ``load`` reads a file (HF parquet or VLMEvalKit TSV, by extension) into records, the file's
+    own fields, and ``question`` builds a record's prompt (``where``: the file and row, for error messages).
+    ``judge``: the LLM-judge step of its VLMEvalKit scorer, if it has one (None: VLMEvalKit scores it by rule)."""
 
     name: str
     score: Callable[[Sequence[Record]], dict[str, float]]
@@ -58,6 +92,7 @@ class Benchmark:
     question: Callable[[Record, RowLocation], Question]
     group: str = ""
     headline: str = "accuracy"  # the score Table 1 reports
+    judge: JudgeTask | None = None
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -103,12 +138,13 @@ def required_text(record: Record, position: int, field: str, benchmark: str) -> 
     return value
 
 
-def accuracy_breakdown(hits: Sequence[bool], groups: Sequence[Iterable[str]]) -> dict[str, float]:
-    """``{"accuracy", "count", "accuracy/<group>"...}`` in percent; ``groups[i]`` names the groups record ``i``
-    counts in (e.g. its question type and its answer type). Raises ValueError on no records (no score)."""
+def accuracy_breakdown(hits: Sequence[float], groups: Sequence[Iterable[str]]) -> dict[str, float]:
+    """``{"accuracy", "count", "accuracy/<group>"...}`` in percent; ``hits[i]`` is whether record ``i`` is right (or
+    its score in [0, 1], e.g. TextVQA's), ``groups[i]`` names the groups it counts in (e.g. its question type and its
+    answer type). Raises ValueError on no records (no score)."""
     if not hits:
         raise ValueError("no records to score")
-    by_group: dict[str, list[bool]] = defaultdict(list)
+    by_group: dict[str, list[float]] = defaultdict(list)
     for hit, names in zip(hits, groups, strict=True):
         for name in names:
             by_group[name].append(hit)
@@ -258,6 +294,7 @@ def mcq_prompt(record: Record, where: RowLocation, *, instruction: bool = True) 
     return prompt
 
 
-# The benchmarks register on import: visual math, then perception (Table 1's column order).
+# The benchmarks register on import: visual math, then perception (Table 1's column order), then the extended suite.
 from staged_vlm_jax.eval.benchmarks import mathvista, mathvision, mathverse, wemath  # noqa: E402, F401, I001
 from staged_vlm_jax.eval.benchmarks import mcq, pope  # noqa: E402, F401
+from staged_vlm_jax.eval.benchmarks import dynamath, hallusionbench, vqa  # noqa: E402, F401

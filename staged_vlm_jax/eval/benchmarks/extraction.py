@@ -1,8 +1,9 @@
 r"""Rule-based answer extraction shared by the benchmark scorers: the last ``\boxed{}`` first, then VLMEvalKit's rules.
 
 The paper evaluates with VLMEvalKit, whose scorers first try cheap rules on the raw response (``can_infer`` for
-options, ``YOrN_Extraction`` for yes/no) and call an LLM judge only when the rules find nothing. There is no judge
-here: a response the rules cannot read is unanswered, which is what VLMEvalKit's ``exact_matching`` mode does too.
+options, ``YOrN_Extraction`` for yes/no) and call an LLM judge only when the rules find nothing. Here the judge is
+optional (`eval.judge`, asked only for a response without ``\boxed{}`` that the rules cannot read); without it such a
+response is unanswered, which is what VLMEvalKit's ``exact_matching`` mode does too.
 The paper's models answer as ``<think>…</think> … \boxed{X}``, so each extractor reads the boxed answer first and
 falls back to VLMEvalKit's rules on :func:`extract_answer`'s text: the box's content, else what follows the last
 ``</think>`` (VLMEvalKit's ``SPLIT_THINK`` keeps the same part), else the whole response.
@@ -29,13 +30,20 @@ _REFUSALS = (
     "I'm sorry, but without the image provided",
     "Cannot determine the answer",
 )
-# can_infer_option's answer "Z": refused, which no option letter (A..H) equals.
-_REFUSED = "Z"
+# can_infer's answer "Z": no option (a refusal, or an LLM judge's "none of the options"), which no option letter
+# (A..H) equals.
+NO_OPTION = "Z"
 # can_infer_option: these characters separate tokens, so "(B)", "B." and "**B**" all give the token "B".
 _OPTION_TOKEN_SEPARATORS = re.compile(r"[.()\[\],:;!*#{}]")
 # can_infer_option: the one option letter must occur among the response's last this-many tokens (PR #1175).
 _OPTION_LETTER_WINDOW = 4
 _LATEX_TEXT = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+
+
+def has_box(response: str) -> bool:
+    r"""Whether the response boxed an answer (a closed last ``\boxed{}``): then its box is the answer, read by rule,
+    and an LLM judge is never asked about it."""
+    return last_boxed_content(response) is not None
 
 
 def extract_answer(response: str) -> str:
@@ -72,7 +80,7 @@ def _boxed_choice(boxed: str, options: Mapping[str, str]) -> str | None:
 def _infer_option_letter(answer: str, options: Mapping[str, str]) -> str | None:
     """VLMEvalKit ``can_infer_option``: an option letter standing alone as a token near the end of ``answer``.
 
-    Returns the letter; `_REFUSED` for a refusal (a `_REFUSALS` phrase, or no option letter but a lone token "Z"),
+    Returns the letter; `NO_OPTION` for a refusal (a `_REFUSALS` phrase, or no option letter but a lone token "Z"),
     which ends VLMEvalKit's search (the text rule is not tried); None when the rule is undecided. Tokens are
     ``answer`` split on whitespace after `_OPTION_TOKEN_SEPARATORS` become spaces; letters are case-sensitive, so
     the article "a" is no option. Exactly one distinct option letter must occur as a token, and its first
@@ -80,13 +88,13 @@ def _infer_option_letter(answer: str, options: Mapping[str, str]) -> str | None:
     cup is red" does not (the letter is too early), "A or B" does not (two letters).
     """
     if any(refusal in answer for refusal in _REFUSALS):
-        return _REFUSED
+        return NO_OPTION
     tokens = _OPTION_TOKEN_SEPARATORS.sub(" ", answer).split()
     letters = [letter for letter in options if letter in tokens]
     if len(letters) == 1:
         first = tokens.index(letters[0])
         return letters[0] if first >= len(tokens) - _OPTION_LETTER_WINDOW else None
-    return _REFUSED if not letters and _REFUSED in tokens else None
+    return NO_OPTION if not letters and NO_OPTION in tokens else None
 
 
 def _infer_option_text(answer: str, options: Mapping[str, str]) -> str | None:
@@ -101,6 +109,14 @@ def _infer_option_text(answer: str, options: Mapping[str, str]) -> str | None:
         return None
     named = [letter for letter, text in options.items() if text.lower() in answer]
     return named[0] if len(named) == 1 else None
+
+
+def infer_option(answer: str, options: Mapping[str, str]) -> str | None:
+    """VLMEvalKit ``can_infer``: `_infer_option_letter`, and where that is undecided `_infer_option_text`. Returns an
+    option letter, `NO_OPTION` for a refusal (or an answer that is the lone token "Z", as a judge answers when no
+    option fits), or None when the rules cannot tell."""
+    letter = _infer_option_letter(answer, options)
+    return _infer_option_text(answer, options) if letter is None else letter
 
 
 def extract_choice(response: str, options: Mapping[str, str]) -> str | None:
@@ -123,11 +139,8 @@ def extract_choice(response: str, options: Mapping[str, str]) -> str | None:
         letter = _boxed_choice(boxed, options)
         if letter is not None:
             return letter
-    answer = extract_answer(response)
-    letter = _infer_option_letter(answer, options)
-    if letter is None:
-        return _infer_option_text(answer, options)
-    return None if letter == _REFUSED else letter
+    letter = infer_option(extract_answer(response), options)
+    return None if letter == NO_OPTION else letter
 
 
 # --- yes / no (VLMEvalKit vlmeval/dataset/utils/yorn.py YOrN_Extraction, vlmeval/smp/misc.py process_punctuation) ---
@@ -139,29 +152,30 @@ _PERIOD_OUTSIDE_NUMBER = re.compile(r"(?<!\d)\.(?!\d)")
 _MAX_PERIODS_REMOVED = 32
 
 
-def _process_punctuation(text: str) -> str:
+def process_punctuation(text: str) -> str:
     """VLMEvalKit ``process_punctuation`` (from the VQA evaluation code), quirks included.
 
-    Each mark in `_PUNCTUATION` is deleted if it touches a space somewhere in ``text`` (or if ``text`` holds a
-    comma between digits anywhere), else replaced by a space: "yes, it is" -> "yes it is" but "yes/no" ->
+    Each mark in `_PUNCTUATION` is deleted if it touches a space somewhere in the given ``text`` (or if ``text``
+    holds a comma between digits anywhere), else replaced by a space: "yes, it is" -> "yes it is" but "yes/no" ->
     "yes no". Then at most 32 periods not next to a digit are deleted ("no." -> "no", "2.5" stays). Apostrophes and
-    colons stay: "no:" is not the word "no".
+    colons stay: "no:" is not the word "no". Also the VQA answer normalisation's first step (`vqa`).
     """
     delete_all = _COMMA_BETWEEN_DIGITS.search(text) is not None
+    out = text
     for mark in _PUNCTUATION:
-        touches_space = mark + " " in text or " " + mark in text
-        text = text.replace(mark, "" if touches_space or delete_all else " ")
-    return _PERIOD_OUTSIDE_NUMBER.sub("", text, count=_MAX_PERIODS_REMOVED)
+        touches_space = mark + " " in text or " " + mark in text  # VLMEvalKit tests the input, not ``out``
+        out = out.replace(mark, "" if touches_space or delete_all else " ")
+    return _PERIOD_OUTSIDE_NUMBER.sub("", out, count=_MAX_PERIODS_REMOVED)
 
 
 def extract_yes_no(response: str) -> str | None:
     """VLMEvalKit's ``YOrN_Extraction`` of :func:`extract_answer` (response): "Yes", "No", or None (its "Unknown").
 
-    The answer is lower-cased, punctuation handled by `_process_punctuation`, and split on whitespace: "Yes" if the
+    The answer is lower-cased, punctuation handled by `process_punctuation`, and split on whitespace: "Yes" if the
     word "yes" occurs and "no" does not, "No" for the converse, None if both or neither occur ("yes or no",
     "there is not", "nope"). Only whole words count: "yes." and "(yes)" do, "yes:" and "no's" do not.
     """
-    words = _process_punctuation(extract_answer(response).lower()).split()
+    words = process_punctuation(extract_answer(response).lower()).split()
     has_yes, has_no = "yes" in words, "no" in words
     if has_yes != has_no:
         return "Yes" if has_yes else "No"

@@ -10,7 +10,9 @@ too but rounds to two decimals; the paper's numbers come from VLMEvalKit, follow
 Here, in place of the LLM: options are read by `extraction.extract_choice` (the boxed letter or option text, then
 VLMEvalKit's ``can_infer``), and a free-form answer is `extraction.extract_answer` (the last ``\boxed{}``) compared
 by :func:`free_form_match`, which keeps ``is_equal``'s two tests but reads numbers without ``eval`` and adds
-mathruler's symbolic equivalence in place of ``latex2sympy``.
+mathruler's symbolic equivalence in place of ``latex2sympy``. With an LLM judge configured, a response without
+``\boxed{}`` that fails the prefetch (options: none read; free-form: the answer part does not already match) is
+extracted by the judge with VLMEvalKit's prompt (`judge_prompts.mathvision`), and the extraction is checked as above.
 
 Records are HF ``MathLLMs/MathVision`` testmini rows (``options`` a list, empty for free-form; ``answer`` a letter
 for questions with options) or VLMEvalKit ``MathVision_MINI`` TSV rows (``choices``: the list's ``repr``), with
@@ -38,17 +40,20 @@ from staged_vlm_jax.data.schema import RowLocation
 from staged_vlm_jax.eval.benchmarks import (
     Benchmark,
     FileLayout,
+    JudgeTask,
     Question,
     Record,
     accuracy_breakdown,
     image_question,
+    judge_prompts,
+    judged,
     load_records,
     prompt_text,
     register,
     required,
     required_text,
 )
-from staged_vlm_jax.eval.benchmarks.extraction import extract_answer, extract_choice, extract_number
+from staged_vlm_jax.eval.benchmarks.extraction import extract_answer, extract_choice, extract_number, has_box
 from staged_vlm_jax.rl.rewards.scores import is_too_complex
 
 NAME = "mathvision_mini"
@@ -112,18 +117,41 @@ def _options(record: Record, position: int) -> dict[str, str]:
     return {chr(ord("A") + i): str(option) for i, option in enumerate(options)}
 
 
-def _hit(record: Record, position: int) -> tuple[bool, str]:
-    """(whether the record is right, its kind: "multi_choice" or "free_form")."""
-    prediction = required_text(record, position, "prediction", NAME)
+def _rule(record: Record, position: int, response: str) -> tuple[bool, bool, str]:
+    """For a response (the model's, or the judge's extraction): (whether the rules read an answer in it, whether
+    it is right, the record's kind: "multi_choice" or "free_form")."""
     answer = required_text(record, position, "answer", NAME)
     options = _options(record, position)
     if not options:
-        return free_form_match(extract_answer(prediction), answer), "free_form"
+        right = free_form_match(extract_answer(response), answer)
+        return right, right, "free_form"  # the prefetch reads a free-form response only where it is the answer
     if answer not in options:
         raise ValueError(
             f"{NAME} record {position}: answer {answer!r} is not one of its option letters {sorted(options)}"
         )
-    return extract_choice(prediction, options) == answer, "multi_choice"
+    picked = extract_choice(response, options)
+    return picked is not None, picked == answer, "multi_choice"
+
+
+def _hit(record: Record, position: int) -> tuple[bool, str]:
+    """(whether the record is right, its kind): by rule, else by the judge's extraction if there is one."""
+    _, right, kind = _rule(record, position, required_text(record, position, "prediction", NAME))
+    extraction = judged(record)
+    return right or (extraction is not None and _rule(record, position, extraction)[1]), kind
+
+
+def _judge_wanted(record: Record, position: int) -> bool:
+    prediction = required_text(record, position, "prediction", NAME)
+    return not has_box(prediction) and not _rule(record, position, prediction)[0]
+
+
+JUDGE = JudgeTask(
+    wanted=_judge_wanted,
+    messages=lambda record: judge_prompts.user(
+        judge_prompts.mathvision(str(record["question"]), extract_answer(str(record["prediction"])))
+    ),
+    parse=lambda reply, record: reply.strip() or None,
+)
 
 
 def score(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -146,4 +174,4 @@ def question(record: Record, where: RowLocation) -> Question:
     return image_question(record, where, prompt_text(record, "question", where))
 
 
-register(Benchmark(name=NAME, score=score, load=load, question=question, group="visual_math"))
+register(Benchmark(name=NAME, score=score, load=load, question=question, group="visual_math", judge=JUDGE))

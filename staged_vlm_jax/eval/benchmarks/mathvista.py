@@ -6,7 +6,7 @@ it in the answer's form, and ``safe_equal`` compares it with ``answer`` as strin
 ran, with Claude as the extractor) first tries ``post_check(prefetch=True)``: ``can_infer`` for options, else
 int/float equality, and calls the LLM only when that finds nothing.
 
-Here the LLM step is rule-based, as the paper's models answer ``\boxed{X}``:
+Here the LLM step is rule-based, as the paper's models answer ``\boxed{X}``, unless an LLM judge is configured:
 
 * multi_choice: the option `extraction.extract_choice` reads (boxed letter or option text, then VLMEvalKit's
   ``can_infer``: the prefetch) as its letter, else `extraction.extract_answer`; then the official normalisation
@@ -16,6 +16,10 @@ Here the LLM step is rule-based, as the paper's models answer ``\boxed{X}``:
   with `extraction.extract_number` (units, ``\frac``, thousands commas: what the LLM extractor strips); then the
   official normalisation by ``answer_type`` (:data:`FREE_FORM_NORMALIZERS`). A list answer is compared as the
   extracted string itself (``str(x)``), officially too: ``[2007,2008]`` is not ``[2007, 2008]``.
+* with an LLM judge, a response without ``\boxed{}`` that those rules cannot read (VLMEvalKit's failed prefetch:
+  multi_choice, no option read; integer/float, no number; list, always) is extracted by the judge with VLMEvalKit's
+  prompt (`judge_prompts.mathvista`: five in-context examples, then the row's question), and the judge's extraction
+  goes through the same official normalisation.
 
 Records are the HF ``AI4Math/MathVista`` testmini rows (``choices`` a list, ``precision`` a float) or VLMEvalKit
 ``MathVista_MINI`` TSV rows (``choices`` the list's ``repr``); ``answer`` is the choice's *text* for multi_choice
@@ -44,17 +48,20 @@ from staged_vlm_jax.data.schema import RowLocation
 from staged_vlm_jax.eval.benchmarks import (
     Benchmark,
     FileLayout,
+    JudgeTask,
     Question,
     Record,
     accuracy_breakdown,
     image_question,
+    judge_prompts,
+    judged,
     load_records,
     prompt_text,
     register,
     required,
     required_text,
 )
-from staged_vlm_jax.eval.benchmarks.extraction import extract_answer, extract_choice, extract_number
+from staged_vlm_jax.eval.benchmarks.extraction import extract_answer, extract_choice, extract_number, has_box
 
 NAME = "mathvista_mini"
 _PARENTHESIZED_LETTER = re.compile(r"\(([a-zA-Z])\)")
@@ -152,33 +159,57 @@ def _choices(record: Record, position: int) -> list[str]:
     return choices
 
 
-def _multi_choice_prediction(record: Record, position: int, prediction: str) -> str | None:
+def _options(record: Record, position: int) -> tuple[list[str], dict[str, str]]:
+    """The record's choices, and as options (letter -> choice); its answer must be one of them."""
     choices = _choices(record, position)
     answer = record["answer"]
     if answer not in choices:
         raise ValueError(f"{NAME} record {position}: answer {answer!r} is not one of its choices {choices}")
-    options = {chr(ord("A") + i): choice for i, choice in enumerate(choices)}
+    return choices, {chr(ord("A") + i): choice for i, choice in enumerate(choices)}
+
+
+def _multi_choice_prediction(record: Record, position: int, prediction: str) -> str | None:
+    choices, options = _options(record, position)
+    extraction = judged(record)
+    if extraction is not None:
+        return normalize_choice(extraction, choices)
     return normalize_choice(extract_choice(prediction, options) or extract_answer(prediction), choices)
 
 
-def _free_form_prediction(record: Record, position: int, prediction: str) -> str | None:
+def _normalizer(record: Record, position: int) -> Callable[[str, Record, int], str | None]:
     answer_type = record["answer_type"]
     if answer_type not in FREE_FORM_NORMALIZERS:
         raise ValueError(
             f"{NAME} record {position}: answer_type {answer_type!r} is not one of {sorted(FREE_FORM_NORMALIZERS)}"
         )
-    return FREE_FORM_NORMALIZERS[answer_type](extract_answer(prediction), record, position)
+    return FREE_FORM_NORMALIZERS[answer_type]
 
 
-# question_type -> the record's prediction in its answer's form.
-_PREDICTIONS: dict[str, Callable[[Record, int, str], str | None]] = {
-    "multi_choice": _multi_choice_prediction,
-    "free_form": _free_form_prediction,
+def _free_form_prediction(record: Record, position: int, prediction: str) -> str | None:
+    extraction = judged(record)
+    answer = extraction if extraction is not None else extract_answer(prediction)
+    return _normalizer(record, position)(answer, record, position)
+
+
+def _multi_choice_read(record: Record, position: int, prediction: str) -> bool:
+    return extract_choice(prediction, _options(record, position)[1]) is not None
+
+
+def _free_form_read(record: Record, position: int, prediction: str) -> bool:
+    # A list answer is never read by rule (VLMEvalKit's prefetch compares str(None) for it).
+    normalizer = _normalizer(record, position)
+    return normalizer is not _list and normalizer(extract_answer(prediction), record, position) is not None
+
+
+# question_type -> (the record's prediction in its answer's form, whether VLMEvalKit's prefetch rules read it).
+_PREDICTIONS: dict[str, tuple[Callable[[Record, int, str], str | None], Callable[[Record, int, str], bool]]] = {
+    "multi_choice": (_multi_choice_prediction, _multi_choice_read),
+    "free_form": (_free_form_prediction, _free_form_read),
 }
 
 
-def normalized_prediction(record: Record, position: int) -> str | None:
-    """The record's prediction in its answer's form (None where the official normalisation gives None)."""
+def _checked(record: Record, position: int) -> str:
+    """The record's prediction, after its fields are checked."""
     prediction = required_text(record, position, "prediction", NAME)
     for field in ("answer", "question_type", "answer_type"):
         required_text(record, position, field, NAME)
@@ -187,7 +218,30 @@ def normalized_prediction(record: Record, position: int) -> str | None:
         raise ValueError(
             f"{NAME} record {position}: question_type {question_type!r} is not one of {sorted(_PREDICTIONS)}"
         )
-    return _PREDICTIONS[question_type](record, position, prediction)
+    return prediction
+
+
+def normalized_prediction(record: Record, position: int) -> str | None:
+    """The record's prediction in its answer's form (None where the official normalisation gives None): the judge's
+    extraction where there is one (`benchmarks.judged`), else the response read by rule."""
+    prediction = _checked(record, position)
+    return _PREDICTIONS[record["question_type"]][0](record, position, prediction)
+
+
+def _judge_wanted(record: Record, position: int) -> bool:
+    prediction = _checked(record, position)
+    return not has_box(prediction) and not _PREDICTIONS[record["question_type"]][1](record, position, prediction)
+
+
+JUDGE = JudgeTask(
+    wanted=_judge_wanted,
+    messages=lambda record: judge_prompts.user(
+        judge_prompts.mathvista(
+            str(record["query" if "query" in record else "question"]), extract_answer(str(record["prediction"]))
+        )  # fmt: skip
+    ),
+    parse=lambda reply, record: reply.strip() or None,
+)
 
 
 def score(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -218,4 +272,4 @@ def question(record: Record, where: RowLocation) -> Question:
     return image_question(record, where, text, "decoded_image" if "decoded_image" in record else "image")
 
 
-register(Benchmark(name=NAME, score=score, load=load, question=question, group="visual_math"))
+register(Benchmark(name=NAME, score=score, load=load, question=question, group="visual_math", judge=JUDGE))

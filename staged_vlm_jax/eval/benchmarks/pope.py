@@ -3,7 +3,8 @@
 Records: ``question``, ``answer`` ("yes"/"no", any case), ``category`` (the POPE split: adversarial, popular,
 random; VLMEvalKit's TSV stores a question shared by several splits once, as "adversarial,popular"), and the raw
 response under ``"prediction"``. Each response is read by `extraction.extract_yes_no` (VLMEvalKit's
-``YOrN_Extraction``; no LLM judge for the unreadable ones, as under its ``exact_matching``).
+``YOrN_Extraction``), and one it cannot read, without ``\\boxed{}``, by the LLM judge if one is configured
+(`yorn.YES_NO_JUDGE`; without it unreadable, as under VLMEvalKit's ``exact_matching``).
 
 As in VLMEvalKit (``vlmeval/dataset/utils/yorn.py`` ``POPE_rating``):
 
@@ -48,18 +49,9 @@ from staged_vlm_jax.eval.benchmarks import (
     prompt_text,
     register,
 )
-from staged_vlm_jax.eval.benchmarks.extraction import extract_yes_no
+from staged_vlm_jax.eval.benchmarks.yorn import YES_NO_JUDGE, predicted_yes_no, yes_no_answer
 
-_ANSWERS = {"yes": "Yes", "no": "No"}
 _SPLIT_SEPARATOR = ","
-
-
-def _answer(record: Record, position: int) -> str:
-    """The record's answer as "Yes" / "No"; anything else is a data error."""
-    answer = str(record["answer"]).strip().lower()
-    if answer not in _ANSWERS:
-        raise ValueError(f"record {position}: POPE answer {record['answer']!r} is neither yes nor no")
-    return _ANSWERS[answer]
 
 
 def _splits(record: Record) -> list[str]:
@@ -97,7 +89,7 @@ def score_pope(records: Sequence[Record]) -> dict[str, float]:
     overall: list[tuple[str, str | None]] = []
     by_split: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for position, record in enumerate(records):
-        pair = (_answer(record, position), extract_yes_no(str(record["prediction"])))
+        pair = (yes_no_answer(record, position, "POPE"), predicted_yes_no(record))
         splits = _splits(record)
         overall.extend([pair] * max(len(splits), 1))
         for split in splits:
@@ -127,4 +119,8 @@ def question(record: Record, where: RowLocation) -> Question:
     return image_question(record, where, prompt_text(record, "question", where))
 
 
-register(Benchmark(name=NAME, score=score_pope, load=load, question=question, group="perception", headline="f1"))
+register(
+    Benchmark(
+        name=NAME, score=score_pope, load=load, question=question, group="perception", headline="f1", judge=YES_NO_JUDGE
+    )
+)

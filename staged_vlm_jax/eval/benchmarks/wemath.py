@@ -5,7 +5,9 @@ VLMEvalKit's ``vlmeval/dataset/utils/wemath.py``): a row is right iff its extrac
 official extraction takes the text after the last "Answer", drops ``<>:.``, and keeps its first character if it
 is one of A-H; VLMEvalKit has an LLM judge pick the option (``mcq_vanilla_eval``'s ``hit``). Here the letter is
 `extraction.extract_choice` on the row's options (the boxed letter or option text first, then VLMEvalKit's
-``can_infer`` rules, which is what VLMEvalKit tries before calling its judge).
+``can_infer`` rules, which is what VLMEvalKit tries before calling its judge); with an LLM judge configured, a
+response without ``\boxed{}`` that those rules cannot read is matched to an option by the judge with VLMEvalKit's
+WeMath prompt (`judge_prompts.wemath`, `mcq.choice_judge`).
 
 The rows of one problem share an ``ID``; ``key`` says which row is which: ``2steps_1``, ``2steps_2`` and the
 composite ``2steps_multi``, or ``3steps_1``..``3steps_3`` and ``3steps_multi``. Each composite problem falls into
@@ -51,13 +53,14 @@ from staged_vlm_jax.eval.benchmarks import (
     Question,
     Record,
     image_question,
+    judge_prompts,
     load_records,
     mcq_prompt,
     register,
     required,
     required_text,
 )
-from staged_vlm_jax.eval.benchmarks.extraction import extract_choice
+from staged_vlm_jax.eval.benchmarks.mcq import choice_judge, picked_option
 
 NAME = "wemath"
 COMPOSITE = "multi"
@@ -98,15 +101,19 @@ def parse_options(option: str) -> dict[str, str]:
     return {marker[1]: option[marker.end() : end].strip(" ;") for marker, end in zip(starts, text_ends, strict=True)}
 
 
+def record_options(record: Record) -> dict[str, str]:
+    """The row's options: HF's ``option`` string parsed, or the VLMEvalKit TSV's columns ``A``..``H`` (blank, NaN,
+    where a question has fewer)."""
+    if isinstance(record.get("option"), str):
+        return parse_options(record["option"])
+    columns = {letter: record.get(letter) for letter in _OPTION_COLUMNS}
+    return {letter: text for letter, text in columns.items() if isinstance(text, str) and text}
+
+
 def _options(record: Record, position: int) -> dict[str, str]:
     if "option" in record:
-        options = parse_options(required_text(record, position, "option", NAME))
-    else:  # VLMEvalKit TSV: one column per option, blank (NaN) where a question has fewer
-        options = {
-            letter: record[letter]
-            for letter in _OPTION_COLUMNS
-            if isinstance(record.get(letter), str) and record[letter]
-        }
+        required_text(record, position, "option", NAME)
+    options = record_options(record)
     if not options:
         raise ValueError(f"{NAME} record {position}: no options (field 'option', or columns A..H)")
     return options
@@ -118,7 +125,8 @@ def row_correct(record: Record, position: int) -> bool:
     answer = required_text(record, position, "answer", NAME)
     if answer not in options:
         raise ValueError(f"{NAME} record {position}: answer {answer!r} is not one of its options {sorted(options)}")
-    return extract_choice(required_text(record, position, "prediction", NAME), options) == answer
+    required_text(record, position, "prediction", NAME)
+    return picked_option(record, options) == answer
 
 
 def _problems(records: Sequence[Record]) -> dict[str, tuple[int, dict[str, bool]]]:
@@ -197,4 +205,14 @@ def question(record: Record, where: RowLocation) -> Question:
     return image_question(record, where, mcq_prompt(record, where, instruction=False))
 
 
-register(Benchmark(name=NAME, score=score, load=load, question=question, group="visual_math", headline="score_strict"))
+register(
+    Benchmark(
+        name=NAME,
+        score=score,
+        load=load,
+        question=question,
+        group="visual_math",
+        headline="score_strict",
+        judge=choice_judge(record_options, judge_prompts.wemath),
+    )
+)
