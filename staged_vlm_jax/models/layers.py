@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from staged_vlm_jax.models.sharding import constrain
@@ -104,6 +105,36 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * x32.astype(x.dtype)
 
 
+class LayerNorm(nnx.Module):
+    """torch's ``nn.LayerNorm``: (x - mean) / sqrt(var + eps) * weight + bias, all in float32 and cast back."""
+
+    def __init__(self, dim: int, *, eps: float, dtype, axes: LogicalAxes = ("norm",)):
+        self.weight = param(None, (dim,), dtype, axes, init="ones")
+        self.bias = param(None, (dim,), dtype, axes, init="zeros")
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        x32 = centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + self.eps)
+        return (x32 * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class MLP(nnx.Module):
+    """fc2(act(fc1(x))); ``axes`` names the input, hidden and output dimensions."""
+
+    def __init__(
+        self, dim: int, hidden: int, out: int, *, act: str, use_bias: bool, axes: tuple[str, str, str], dtype, rngs
+    ):
+        in_axis, hidden_axis, out_axis = axes
+        self.fc1 = Linear(dim, hidden, axes=(in_axis, hidden_axis), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.fc2 = Linear(hidden, out, axes=(hidden_axis, out_axis), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(activation(self.act)(self.fc1(x)))
+
+
 class GatedMLP(nnx.Module):
     """SwiGLU-style MLP: down(act(gate(x)) * up(x))."""
 
@@ -119,10 +150,11 @@ class GatedMLP(nnx.Module):
 
 
 class Embed(nnx.Module):
-    """Token embedding table [vocab, embed]; ``attend`` gives tied-embedding logits."""
+    """Embedding table [vocab, embed] (tokens by default; ``axes`` for other tables); ``attend`` gives tied-embedding
+    logits."""
 
-    def __init__(self, vocab: int, dim: int, *, dtype, rngs):
-        self.weight = param(rngs, (vocab, dim), dtype, ("vocab", "embed"))
+    def __init__(self, vocab: int, dim: int, *, dtype, rngs, axes: LogicalAxes = ("vocab", "embed")):
+        self.weight = param(rngs, (vocab, dim), dtype, axes)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.weight[...], ids, axis=0)
@@ -151,18 +183,24 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def mrope_cos_sin(
-    positions: jax.Array, inv_freq: jax.Array, mrope_section: Sequence[int], dtype
+    positions: jax.Array, inv_freq: jax.Array, mrope_section: Sequence[int], dtype, interleaved: bool = False
 ) -> tuple[jax.Array, jax.Array]:
-    """Multimodal rotary tables (Qwen2-VL M-RoPE).
+    """Multimodal rotary tables (Qwen2-VL M-RoPE, or Qwen3-VL's interleaved M-RoPE).
 
     ``positions`` is [3, B, T] (temporal, height, width). Frequency band j of the half head-dim takes its angle from
-    the position axis ``section_index(j) % 3`` where the bands are cut by ``mrope_section``; the half is then
-    duplicated, as in HF's ``recomposition_frequencies``. Returns cos, sin of shape [B, T, head_dim] in ``dtype``.
+    one position axis; the half is then duplicated, as in HF's ``recomposition_frequencies``. Contiguous (Qwen2-VL):
+    the bands are cut into runs by ``mrope_section`` and run i reads axis i % 3. Interleaved (Qwen3-VL): band j reads
+    axis j % 3 (T, H, W, T, H, W, ...) while j < 3 · mrope_section[j % 3], and T beyond, so every axis spans low to
+    high frequencies. Returns cos, sin of shape [B, T, head_dim] in ``dtype``.
     """
     if sum(mrope_section) != inv_freq.shape[0]:
         raise ValueError(f"mrope_section {list(mrope_section)} must sum to head_dim/2 = {inv_freq.shape[0]}")
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, D/2]
-    axis_of_band = jnp.concatenate([jnp.full((n,), i % 3, jnp.int32) for i, n in enumerate(mrope_section)])
+    if interleaved:
+        band = np.arange(inv_freq.shape[0])
+        axis_of_band = np.where(band < 3 * np.asarray(mrope_section)[band % 3], band % 3, 0)
+    else:
+        axis_of_band = np.concatenate([np.full((n,), i % 3) for i, n in enumerate(mrope_section)])
     freqs = jnp.take_along_axis(freqs, axis_of_band[None, None, None, :], axis=0)[0]  # [B, T, D/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
@@ -249,6 +287,13 @@ def stack_layers(make: Callable[[], nnx.Module], count: int) -> nnx.Module:
     return module
 
 
+def layer_range(layers: nnx.Module, start: int, stop: int) -> nnx.Module:
+    """Layers [start, stop) of a stack (`stack_layers`) as a stack of their own, for `scan_layers` to run part of
+    it (e.g. up to a layer whose output is needed besides the last)."""
+    graphdef, state = nnx.split(layers)
+    return nnx.merge(graphdef, jax.tree.map(lambda value: value[start:stop], state))
+
+
 _ACTIVE_REMAT: contextvars.ContextVar[str] = contextvars.ContextVar("remat", default="none")
 
 
@@ -313,13 +358,32 @@ class KVCache:
 
 
 class Attention(nnx.Module):
-    """Causal self-attention with GQA, q/k/v bias and rotary embeddings; optionally reads/writes a KV cache."""
+    """Causal self-attention with GQA, optional q/k/v bias, optional q/k RMSNorm per head and rotary embeddings;
+    optionally reads/writes a KV cache.
 
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, *, qkv_bias: bool, dtype, rngs):
-        if dim % num_heads or num_heads % num_kv_heads:
+    ``head_dim`` defaults to dim / num_heads (Qwen2); Qwen3 sets it on its own. ``qk_norm_eps``: when given, queries
+    and keys are RMS-normalised over each head's dimension before the rotary embedding (Qwen3's ``q_norm`` /
+    ``k_norm``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        *,
+        qkv_bias: bool,
+        dtype,
+        rngs,
+        head_dim: int | None = None,
+        qk_norm_eps: float | None = None,
+    ):
+        if (head_dim is None and dim % num_heads) or num_heads % num_kv_heads:
             raise ValueError(f"hidden {dim} / heads {num_heads} / kv heads {num_kv_heads} are not compatible")
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim or dim // num_heads
         hd = self.head_dim
+        norm = lambda: None if qk_norm_eps is None else RMSNorm(hd, eps=qk_norm_eps, dtype=dtype)
+        self.q_norm, self.k_norm = norm(), norm()
         self.q_proj = Linear(dim, num_heads * hd, axes=("embed", "heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         self.k_proj = Linear(
             dim, num_kv_heads * hd, axes=("embed", "kv_heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs
@@ -347,6 +411,8 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D]
         cache = None

@@ -8,7 +8,9 @@ learner share one module and cannot drift apart.
 Longer than most modules because it is one model family whole: HF config conversion, M-RoPE positions, image
 input checks and the module's four entry points (forward, prefill, decode, grouped prompt sharing) — the pieces a
 parity test compares with transformers' single ``modeling_qwen2_5_vl.py``. Shared layers live in `layers` and
-`vision`, batch layout in `data.batch`.
+`vision`, batch layout in `data.batch`. Qwen3-VL (`qwen3_vl`) is this module with its own config classes and vision
+tower plugged in: the decoder reads its attention and M-RoPE variant from the text config, and takes DeepStack
+addends when the tower provides them.
 """
 
 from __future__ import annotations
@@ -67,8 +69,33 @@ def _plain_fields(cls, d: dict[str, Any], where: str, required: tuple[str, ...],
     return {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d and f.name not in derived}
 
 
+class HFVisionConfig:
+    """config.json conversion shared by the families' vision configs (frozen dataclasses with a ``rope_theta`` field
+    and an ``hf_model_type``): fields copied by name, tuple-valued ones from lists, the rotary theta kept in
+    ``rope_parameters``."""
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]):
+        required = ("depth", "hidden_size", "num_heads", "out_hidden_size")
+        if "in_chans" in d:  # the Qwen2.5-VL hub checkpoints' name for in_channels
+            d = {"in_channels": d["in_chans"], **d}
+        tuples = {f.name for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
+        kwargs = _plain_fields(cls, d, "config.json vision_config", required, {"rope_theta", *tuples})
+        return cls(
+            **kwargs,
+            **{name: tuple(d[name]) for name in tuples if name in d},
+            rope_theta=float(_rope(d).get("rope_theta", cls.rope_theta)),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        d = {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()}
+        d["rope_parameters"] = {"rope_type": "axial", "rope_theta": d.pop("rope_theta")}
+        d["model_type"] = self.hf_model_type
+        return d
+
+
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(HFVisionConfig):
     depth: int = 32
     hidden_size: int = 1280
     intermediate_size: int = 3420
@@ -84,24 +111,7 @@ class VisionConfig:
     rope_theta: float = 10000.0
     tokens_per_second: int = 2
 
-    @classmethod
-    def from_hf(cls, d: dict[str, Any]) -> VisionConfig:
-        required = ("depth", "hidden_size", "num_heads", "out_hidden_size")
-        if "in_chans" in d:  # the hub checkpoints' name for in_channels
-            d = {"in_channels": d["in_chans"], **d}
-        kwargs = _plain_fields(cls, d, "config.json vision_config", required, {"rope_theta", "fullatt_block_indexes"})
-        return cls(
-            **kwargs,
-            fullatt_block_indexes=tuple(d.get("fullatt_block_indexes", cls.fullatt_block_indexes)),
-            rope_theta=float(_rope(d).get("rope_theta", cls.rope_theta)),
-        )
-
-    def to_hf(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["fullatt_block_indexes"] = list(self.fullatt_block_indexes)
-        d["rope_parameters"] = {"rope_type": "axial", "rope_theta": d.pop("rope_theta")}
-        d["model_type"] = "qwen2_5_vl_vision"
-        return d
+    hf_model_type = "qwen2_5_vl_vision"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +130,13 @@ class TextConfig:
     bos_token_id: int | None = 151643
     eos_token_id: int | list[int] | None = 151645
     pad_token_id: int | None = None
+
+    # The decoder's architecture beyond its sizes (class constants, not config keys): Qwen2's attention has q/k/v
+    # biases and no q/k norm, its M-RoPE contiguous sections; Qwen3-VL's config subclasses this one.
+    hf_model_type = "qwen2_5_vl_text"
+    qkv_bias = True
+    qk_norm = False
+    mrope_interleaved = False
 
     @property
     def head_dim(self) -> int:
@@ -158,7 +175,7 @@ class TextConfig:
             "rope_theta": d.pop("rope_theta"),
             "mrope_section": list(d.pop("mrope_section")),
         }
-        d["model_type"] = "qwen2_5_vl_text"
+        d["model_type"] = self.hf_model_type
         return d
 
 
@@ -174,6 +191,8 @@ class Qwen2_5_VLConfig:
 
     model_type = "qwen2_5_vl"
     architecture = "Qwen2_5_VLForConditionalGeneration"
+    text_config_cls = TextConfig
+    vision_config_cls = VisionConfig
 
     @property
     def special_token_ids(self) -> tuple[int, ...]:
@@ -192,8 +211,8 @@ class Qwen2_5_VLConfig:
         }
         tie = d.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
         return cls(
-            text=TextConfig.from_hf(text),
-            vision=VisionConfig.from_hf(_require(d, "vision_config", "config.json")),
+            text=cls.text_config_cls.from_hf(text),
+            vision=cls.vision_config_cls.from_hf(_require(d, "vision_config", "config.json")),
             tie_word_embeddings=bool(tie),
             **top,
         )
@@ -220,24 +239,31 @@ def tiny_config(
 ) -> Qwen2_5_VLConfig:
     """A few-hundred-thousand-parameter Qwen2.5-VL for tests and the CPU demo (two windows per 112 px image).
 
-    ``text`` / ``vision`` override sizes (benchmarks build mid-size variants this way); the vision special tokens
-    take the top four ids, and eos / pad the two below them, as in the real vocabulary's tail.
+    ``text`` / ``vision`` override sizes (benchmarks build mid-size variants this way); see `tiny_of`.
     """
-    special = vocab_size - 4
     text_sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, rope_theta=10000.0, mrope_section=(2, 3, 3))  # fmt: skip
     vision_sizes = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                         window_size=56, fullatt_block_indexes=(1,))  # fmt: skip
-    return Qwen2_5_VLConfig(
-        text=TextConfig(
+    return tiny_of(Qwen2_5_VLConfig, vocab_size, tie_word_embeddings, {**text_sizes, **(text or {})},
+                   {**vision_sizes, **(vision or {})})  # fmt: skip
+
+
+def tiny_of(config_cls, vocab_size: int, tie_word_embeddings: bool, text: dict[str, Any], vision: dict[str, Any]):
+    """A ``config_cls`` of the given ``text`` / ``vision`` sizes with the tiny vocabulary's token layout: the vision
+    special tokens take the top four ids, and eos / pad the two below them, as in the real vocabulary's tail (and
+    as `data.tokenizer.build_tiny_tokenizer` lays them out)."""
+    special = vocab_size - 4
+    return config_cls(
+        text=config_cls.text_config_cls(
             vocab_size=vocab_size,
             max_position_embeddings=4096,
             bos_token_id=None,
             eos_token_id=special - 1,
             pad_token_id=special - 2,
-            **{**text_sizes, **(text or {})},
+            **text,
         ),
-        vision=VisionConfig(**{**vision_sizes, **(vision or {})}),
+        vision=config_cls.vision_config_cls(**vision),
         image_token_id=special,
         video_token_id=special + 1,
         vision_start_token_id=special + 2,
@@ -325,9 +351,11 @@ class DecoderLayer(nnx.Module):
             cfg.hidden_size,
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
-            qkv_bias=True,
+            qkv_bias=cfg.qkv_bias,
             dtype=dtype,
             rngs=rngs,
+            head_dim=cfg.head_dim,
+            qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
         )
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.mlp = GatedMLP(
@@ -347,7 +375,7 @@ class DecoderLayer(nnx.Module):
 
 
 class TextModel(nnx.Module):
-    """The Qwen2 decoder: embeddings, layers with M-RoPE (stacked and scanned), final norm."""
+    """The Qwen2 / Qwen3 decoder: embeddings, layers with M-RoPE (stacked and scanned), final norm."""
 
     def __init__(self, cfg: TextConfig, *, dtype, rngs):
         self.cfg = cfg
@@ -355,43 +383,58 @@ class TextModel(nnx.Module):
         self.layers = stack_layers(lambda: DecoderLayer(cfg, dtype=dtype, rngs=rngs), cfg.num_hidden_layers)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
-    def __call__(self, x, positions, key_mask, cache=None, start=0, in_place=True):
+    def __call__(self, x, positions, key_mask, cache=None, start=0, in_place=True, deepstack=None):
         """``cache``: None, or every layer's (keys, values) [L, B, Hkv, S, D], written at slots from ``start``.
         Returns the final-norm hidden states and the updated cache.
 
         ``in_place``: the cache rides in the layer scan's carry and each layer writes only its new slots (what a
         decode step wants: no copy of the cache). Under a gradient the carry would be kept for the backward pass
         at every layer, L whole caches; with ``in_place=False`` each layer gets and returns its own slice (scan
-        inputs and outputs), which the backward pass keeps once. The learner's shared-prompt pass uses that."""
+        inputs and outputs), which the backward pass keeps once. The learner's shared-prompt pass uses that.
+
+        ``deepstack``: None, or K addends [K, B, T, E] for the outputs of the first K layers (Qwen3-VL's DeepStack:
+        intermediate vision features at the image positions, zero elsewhere). The scan reads layer i's addend by
+        index (nothing past K), so the K addends exist once rather than as L per-layer inputs."""
         cfg = self.cfg
-        cos, sin = mrope_cos_sin(positions, rotary_inv_freq(cfg.head_dim, cfg.rope_theta), cfg.mrope_section, x.dtype)
+        inv_freq = rotary_inv_freq(cfg.head_dim, cfg.rope_theta)
+        cos, sin = mrope_cos_sin(positions, inv_freq, cfg.mrope_section, x.dtype, cfg.mrope_interleaved)
         x = constrain(x, ACTIVATION_AXES)
+
+        def add_deepstack(x, index):
+            if deepstack is None:
+                return x
+            levels = deepstack.shape[0]
+            return x + jnp.where(index < levels, deepstack[jnp.minimum(index, levels - 1)], 0)
+
+        indices = jnp.arange(cfg.num_hidden_layers)
         if cache is not None and not in_place:
 
             def per_layer(x, scanned):
-                layer, layer_cache = scanned
+                layer, (layer_cache, index) = scanned
                 x, layer_cache = layer(x, cos, sin, key_mask, (*layer_cache, None), start)
-                return constrain(x, ACTIVATION_AXES), layer_cache
+                return constrain(add_deepstack(x, index), ACTIVATION_AXES), layer_cache
 
-            x, cache = scan_layers(self.layers, per_layer, x, cache)
+            x, cache = scan_layers(self.layers, per_layer, x, (cache, indices))
             return self.norm(x), cache
 
         def body(carry, scanned):
             x, cache = carry
             layer, index = scanned
             x, cache = layer(x, cos, sin, key_mask, None if cache is None else (*cache, index), start)
-            return (constrain(x, ACTIVATION_AXES), cache), None
+            return (constrain(add_deepstack(x, index), ACTIVATION_AXES), cache), None
 
-        (x, cache), _ = scan_layers(self.layers, body, (x, cache), jnp.arange(cfg.num_hidden_layers))
+        (x, cache), _ = scan_layers(self.layers, body, (x, cache), indices)
         return self.norm(x), cache
 
 
 class Qwen2_5_VL(nnx.Module):
     """Qwen2.5-VL for conditional generation (vision tower + Qwen2 decoder + LM head)."""
 
+    vision_cls = VisionTransformer
+
     def __init__(self, cfg: Qwen2_5_VLConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.visual = VisionTransformer(cfg.vision, dtype=dtype, rngs=rngs)
+        self.visual = self.vision_cls(cfg.vision, dtype=dtype, rngs=rngs)
         self.language_model = TextModel(cfg.text, dtype=dtype, rngs=rngs)
         self.lm_head = (
             None
@@ -416,9 +459,15 @@ class Qwen2_5_VL(nnx.Module):
         Eagerly a count mismatch raises `ImageTokenMismatchError`; under jit it turns the embeddings into NaN, so
         the step's NaN guard catches it instead of training on misaligned features.
         """
+        return self._embed(input_ids, pixel_values, image_grid_thw)[0]
+
+    def _embed(self, input_ids, pixel_values, image_grid_thw) -> tuple[jax.Array, jax.Array | None]:
+        """`embed`, and the DeepStack addends [K, B, T, E] for the decoder (None without images or without DeepStack
+        levels): the vision tower gives each image token's features of every level side by side on the last axis,
+        the first level being the input embedding's."""
         x = self.language_model.embed_tokens(input_ids)
         if pixel_values is None:
-            return x
+            return x, None
         image_token_id, merge_size = self.cfg.image_token_id, self.cfg.vision.spatial_merge_size
         check_image_inputs(input_ids, pixel_values, image_grid_thw, image_token_id, merge_size)
         features = self.visual(pixel_values, image_grid_thw).astype(x.dtype)
@@ -432,8 +481,13 @@ class Qwen2_5_VL(nnx.Module):
             index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(input_ids.shape)
             placed = jnp.take(features, jnp.clip(index, 0, features.shape[0] - 1), axis=0)
             mismatch = jnp.sum(is_image) != jnp.sum(image_token_counts(image_grid_thw, merge_size), axis=-1)
-        x = jnp.where(is_image[..., None], placed, x)
-        return jnp.where(mismatch, jnp.nan, x)
+        hidden = x.shape[-1]
+        x = jnp.where(mismatch, jnp.nan, jnp.where(is_image[..., None], placed[..., :hidden], x))
+        if placed.shape[-1] == hidden:
+            return x, None
+        levels = placed[..., hidden:].reshape(*placed.shape[:-1], -1, hidden)  # [B, T, K, E]
+        deepstack = jnp.where(is_image[..., None, None], levels, 0).transpose(2, 0, 1, 3)
+        return x, constrain(deepstack, (None, *ACTIVATION_AXES))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         head = self.language_model.embed_tokens.attend if self.lm_head is None else self.lm_head
@@ -453,9 +507,9 @@ class Qwen2_5_VL(nnx.Module):
         """Final-norm hidden states [B, T, hidden]; the learner applies `logits` to the response slice only."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        x, deepstack = self._embed(input_ids, pixel_values, image_grid_thw)
         positions, _ = self._positions(input_ids, attention_mask, image_grid_thw)
-        hidden, _ = self.language_model(x, positions, attention_mask)
+        hidden, _ = self.language_model(x, positions, attention_mask, deepstack=deepstack)
         return hidden
 
     def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
@@ -510,11 +564,11 @@ class Qwen2_5_VL(nnx.Module):
         batch, length = input_ids.shape
         if length > cache_size:
             raise ValueError(f"prompt length {length} exceeds the KV cache size {cache_size}")
-        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        x, deepstack = self._embed(input_ids, pixel_values, image_grid_thw)
         positions, next_position = self._positions(input_ids, attention_mask, image_grid_thw)
         key_mask = jnp.ones((batch, cache_size), bool).at[:, :length].set(attention_mask.astype(bool))
         hidden, (keys, values) = self.language_model(x, positions, key_mask, self.init_cache(batch, cache_size), 0,
-                                                     in_place)  # fmt: skip
+                                                     in_place, deepstack)  # fmt: skip
         cache = KVCache(
             keys=keys,
             values=values,

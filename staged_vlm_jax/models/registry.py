@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from staged_vlm_jax.models import qwen2_5_vl
+from staged_vlm_jax.models import qwen2_5_vl, qwen3_vl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +37,14 @@ class ModelFamily:
     stacked_layers: tuple[str, ...] = ()
 
 
-def _qwen2_5_vl_shapes(cfg: qwen2_5_vl.Qwen2_5_VLConfig) -> dict[str, tuple[int, ...]]:
-    v = cfg.vision
-    return {
-        "visual.patch_embed.proj.weight": (
-            v.hidden_size,
-            v.in_channels,
-            v.temporal_patch_size,
-            v.patch_size,
-            v.patch_size,
-        )
-    }
+def _conv3d_patch_embed(name: str) -> Callable[[Any], dict[str, tuple[int, ...]]]:
+    """The vision patch embedding ``name``: a Conv3d kernel [out, C, T, P, P] in the checkpoint, a matrix here."""
+
+    def shapes(cfg) -> dict[str, tuple[int, ...]]:
+        v = cfg.vision
+        return {name: (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)}
+
+    return shapes
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -63,7 +60,24 @@ FAMILIES: dict[str, ModelFamily] = {
             (r"\.merger\.fc2\.", ".merger.mlp.2."),
         ),
         hf_aliases=(("model.language_model.", "model."), ("model.visual.", "visual.")),
-        hf_shapes=_qwen2_5_vl_shapes,
+        hf_shapes=_conv3d_patch_embed("visual.patch_embed.proj.weight"),
+        stacked_layers=("language_model.layers", "visual.blocks"),
+    ),
+    # Qwen3-VL checkpoints (hub and transformers 5 alike) keep both towers under "model."; the merger norms are
+    # "norm" and the MLP layers "linear_fc1" / "linear_fc2" (merger, DeepStack mergers and vision blocks alike).
+    "qwen3_vl": ModelFamily(
+        name="qwen3_vl",
+        config_cls=qwen3_vl.Qwen3VLConfig,
+        model_cls=qwen3_vl.Qwen3VL,
+        tiny_config=qwen3_vl.tiny_config,
+        hf_renames=(
+            (r"^language_model\.", "model.language_model."),
+            (r"^visual\.patch_embed\.", "model.visual.patch_embed.proj."),
+            (r"^visual\.", "model.visual."),
+            (r"\.ln_q\.", ".norm."),
+            (r"\.fc([12])\.", r".linear_fc\1."),
+        ),
+        hf_shapes=_conv3d_patch_embed("model.visual.patch_embed.proj.weight"),
         stacked_layers=("language_model.layers", "visual.blocks"),
     ),
 }

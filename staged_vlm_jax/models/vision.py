@@ -1,4 +1,9 @@
-"""Vision transformer pieces of the Qwen2.5-VL family: patch embedding, 2-D rotary, window attention, merger.
+"""Vision towers of the Qwen-VL families: patch embedding, 2-D rotary, window attention, mergers.
+
+`VisionTransformer` is Qwen2.5-VL's (RMSNorm, gated MLPs, windowed attention but in a few full-attention blocks);
+`DeepStackVisionTransformer` is Qwen3-VL's (LayerNorm, plain MLPs, full attention per frame, learned position
+embeddings resampled to each image's grid, and DeepStack: the outputs of a few intermediate blocks through mergers
+of their own). Both share the blocks, attention, rotary embedding, merger and layout.
 
 The HF implementation builds its window permutation and attention segments with Python loops over
 ``grid_thw``. Here `vision_layout` computes the same permutation with array ops whose shapes depend only on the
@@ -14,12 +19,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from staged_vlm_jax.models.layers import (
+    MLP,
+    Embed,
     GatedMLP,
+    LayerNorm,
     Linear,
     RMSNorm,
-    activation,
     apply_rotary,
     dot_product_attention,
+    layer_range,
     rotary_inv_freq,
     scan_layers,
     stack_layers,
@@ -51,13 +59,15 @@ def _segments(keys: list[jax.Array]) -> jax.Array:
     return jnp.cumsum(changed)
 
 
-def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window_units: int) -> VisionLayout:
+def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window_units: int | None) -> VisionLayout:
     """Window permutation, attention segments and rotary positions for packed images.
 
     ``grid_thw`` [I, 3] holds (t, h, w) in patches per image; patches arrive merge-block-major (each m×m block of
     neighbouring patches is contiguous), as the HF processor emits them. ``window_units`` is the window side in
-    merge units (HF: window_size // merge_size // patch_size). Patches beyond the grids' total are padding (fixed
-    shape buckets): they sort last and form their own segments, so they never mix with real patches.
+    merge units (HF: window_size // merge_size // patch_size); None for a tower without windows, whose window order
+    is then the patch order itself (``window_index`` the identity, windows the frames). Patches beyond the grids'
+    total are padding (fixed shape buckets): they sort last and form their own segments, so they never mix with
+    real patches.
     """
     unit = merge_size * merge_size
     num_units = num_patches // unit
@@ -73,15 +83,19 @@ def vision_layout(grid_thw: jax.Array, num_patches: int, merge_size: int, window
     h_img, w_img = jnp.maximum(hh[image_or_last], 1), jnp.maximum(ww[image_or_last], 1)  # empty image slots
     frame = offset // (h_img * w_img)
     row, col = (offset // w_img) % h_img, offset % w_img
-    window_keys = [
-        image,
-        frame,
-        row // window_units,
-        col // window_units,
-        row % window_units,
-        col % window_units,
-    ]
-    window_index = jnp.lexsort(window_keys[::-1])  # lexsort's primary key is the last one
+    if window_units is None:
+        window_keys = [image, frame]
+        window_index = u  # already in (image, frame) order
+    else:
+        window_keys = [
+            image,
+            frame,
+            row // window_units,
+            col // window_units,
+            row % window_units,
+            col % window_units,
+        ]
+        window_index = jnp.lexsort(window_keys[::-1])  # lexsort's primary key is the last one
     sorted_keys = [k[window_index] for k in window_keys]
     per_patch = lambda x: jnp.repeat(x, unit, total_repeat_length=num_patches)
     within = jnp.tile(jnp.arange(unit, dtype=jnp.int32), num_units)
@@ -162,32 +176,81 @@ class VisionAttention(nnx.Module):
 
 
 class VisionBlock(nnx.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, act: str, dtype, rngs):
-        self.norm1 = RMSNorm(dim, eps=1e-6, dtype=dtype)
-        self.norm2 = RMSNorm(dim, eps=1e-6, dtype=dtype)
+    """Pre-norm attention and MLP block: RMSNorm and a gated MLP (Qwen2.5-VL), or ``norm=LayerNorm`` and
+    ``gated=False`` for a plain two-layer MLP (Qwen3-VL)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, act: str, dtype, rngs, norm=RMSNorm, gated=True):
+        self.norm1 = norm(dim, eps=1e-6, dtype=dtype)
+        self.norm2 = norm(dim, eps=1e-6, dtype=dtype)
         self.attn = VisionAttention(dim, num_heads, dtype=dtype, rngs=rngs)
-        self.mlp = GatedMLP(
-            dim, mlp_dim, act=act, use_bias=True, axes=("vision_embed", "vision_mlp"), dtype=dtype, rngs=rngs
-        )
+        if gated:
+            axes = ("vision_embed", "vision_mlp")
+            self.mlp = GatedMLP(dim, mlp_dim, act=act, use_bias=True, axes=axes, dtype=dtype, rngs=rngs)
+        else:
+            axes = ("vision_embed", "vision_mlp", "vision_embed")
+            self.mlp = MLP(dim, mlp_dim, dim, act=act, use_bias=True, axes=axes, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment, window_block):
         x = x + self.attn(self.norm1(x), cos, sin, segment, window_block)
         return x + self.mlp(self.norm2(x))
 
 
-class PatchMerger(nnx.Module):
-    """RMSNorm, then each m×m block of patch features concatenated and projected by a GELU MLP to the LLM width."""
+class PatchMerger(MLP):
+    """Norm, then each m×m block of patch features concatenated and projected by a GELU MLP to the LLM width.
 
-    def __init__(self, dim: int, out_dim: int, merge_size: int, *, dtype, rngs):
+    ``norm``: RMSNorm (Qwen2.5-VL) or LayerNorm (Qwen3-VL); ``postshuffle`` normalises the concatenated block
+    instead of each patch (Qwen3-VL's DeepStack mergers).
+    """
+
+    def __init__(self, dim: int, out_dim: int, merge_size: int, *, dtype, rngs, norm=RMSNorm, postshuffle=False):
         merged = dim * merge_size * merge_size
-        self.ln_q = RMSNorm(dim, eps=1e-6, dtype=dtype)
-        self.fc1 = Linear(merged, merged, axes=("vision_merged", "vision_mlp"), use_bias=True, dtype=dtype, rngs=rngs)
-        self.fc2 = Linear(merged, out_dim, axes=("vision_mlp", "embed"), use_bias=True, dtype=dtype, rngs=rngs)
-        self.merged = merged
+        self.ln_q = norm(merged if postshuffle else dim, eps=1e-6, dtype=dtype)
+        axes = ("vision_merged", "vision_mlp", "embed")
+        super().__init__(merged, merged, out_dim, act="gelu", use_bias=True, axes=axes, dtype=dtype, rngs=rngs)
+        self.merged, self.postshuffle = merged, postshuffle
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.ln_q(x).reshape(-1, self.merged)
-        return self.fc2(activation("gelu")(self.fc1(x)))
+        x = x.reshape(-1, self.merged) if self.postshuffle else x
+        return super().__call__(self.ln_q(x).reshape(-1, self.merged))
+
+
+def vision_rotary(rotary_hw: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [N, head_dim] of the 2-D rotary embedding for patches at (row, column) ``rotary_hw`` [N, 2]: the
+    first half of the head's angles are the row's, at head_dim/4 frequencies, then the column's; then duplicated."""
+    inv_freq = rotary_inv_freq(head_dim // 2, theta)
+    freqs = (rotary_hw.astype(jnp.float32)[..., None] * inv_freq).reshape(rotary_hw.shape[0], -1)  # [N, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def interpolated_position_embeddings(table: jax.Array, grid_thw: jax.Array, rotary_hw: jax.Array) -> jax.Array:
+    """A square learned table [side², D] resampled to every patch's image grid: [N, D] in float32.
+
+    HF's ``get_vision_interpolation_indices_and_weights`` (bilinear, align_corners; formerly
+    ``fast_pos_embed_interpolate``) step for step: the patch at (row, col) of an h×w grid reads the table at
+    (row·(side−1)/(h−1), col·(side−1)/(w−1)) from its four neighbours (clamped to the table) with hat-kernel weights,
+    summed in float32. ``rotary_hw`` [N, 2] is each patch's (row, col) in patch order; padding patches beyond the
+    grids read some image's grid (their features are never used).
+    """
+    side = int(table.shape[0] ** 0.5)  # as HF: int(num_position_embeddings ** 0.5)
+    n = rotary_hw.shape[0]
+    grid = grid_thw.astype(jnp.int32)
+    ends = jnp.cumsum(grid[:, 0] * grid[:, 1] * grid[:, 2])
+    image = jnp.minimum(jnp.searchsorted(ends, jnp.arange(n), side="right"), grid.shape[0] - 1)
+    offsets = jnp.arange(2)
+
+    def taps(index: jax.Array, size: jax.Array) -> tuple[jax.Array, jax.Array]:
+        source = index.astype(jnp.float32) * (side - 1) / jnp.maximum(size - 1, 1).astype(jnp.float32)
+        floor = jnp.floor(source)
+        weights = jnp.maximum(1 - jnp.abs(source[:, None] - floor[:, None] - offsets), 0)
+        return jnp.clip(floor.astype(jnp.int32)[:, None] + offsets, 0, side - 1), weights
+
+    rows, row_weights = taps(rotary_hw[:, 0], grid[image, 1])
+    cols, col_weights = taps(rotary_hw[:, 1], grid[image, 2])
+    indices = (rows[:, :, None] * side + cols[:, None, :]).reshape(n, 4)
+    weights = (row_weights[:, :, None] * col_weights[:, None, :]).reshape(n, 4)
+    table = table.astype(jnp.float32)
+    return sum(table[indices[:, k]] * weights[:, k, None] for k in range(4))
 
 
 class VisionTransformer(nnx.Module):
@@ -232,10 +295,7 @@ class VisionTransformer(nnx.Module):
         dtype = self.patch_embed.kernel.dtype
         x = self.patch_embed(pixel_values.astype(dtype))
         x = x.reshape(n // unit, unit, -1)[layout.window_index].reshape(n, -1)
-        inv_freq = rotary_inv_freq(cfg.hidden_size // cfg.num_heads // 2, cfg.rope_theta)
-        freqs = (layout.rotary_hw.astype(jnp.float32)[..., None] * inv_freq).reshape(n, -1)  # [N, hd/2]
-        emb = jnp.concatenate([freqs, freqs], axis=-1)
-        cos, sin = jnp.cos(emb), jnp.sin(emb)
+        cos, sin = vision_rotary(layout.rotary_hw, cfg.hidden_size // cfg.num_heads, cfg.rope_theta)
         window_block = (cfg.window_size // cfg.patch_size) ** 2  # patches in one full window
 
         def body(x, scanned):
@@ -250,3 +310,48 @@ class VisionTransformer(nnx.Module):
         x, _ = scan_layers(self.blocks, body, x, full)
         merged = self.merger(x)
         return merged[jnp.argsort(layout.window_index)]
+
+
+class DeepStackVisionTransformer(VisionTransformer):
+    """Qwen3-VL vision tower: flattened patches [N, C·T·P·P] + grid_thw -> every merged token's features of each
+    level side by side, [N / m², (1 + K) · out_dim]: the final merger's, then those of the K DeepStack levels (the
+    outputs of blocks ``deepstack_visual_indexes`` through mergers of their own), which the decoder adds to its first
+    K layers' outputs. Packed or per row as `VisionTransformer`."""
+
+    def __init__(self, cfg, *, dtype, rngs):
+        self.cfg = cfg
+        patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
+        self.patch_embed = Linear(patch_dim, cfg.hidden_size, axes=("vision_patch", "vision_embed"), use_bias=True,
+                                  dtype=dtype, rngs=rngs)  # fmt: skip
+        self.pos_embed = Embed(cfg.num_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs,
+                               axes=(None, "vision_embed"))  # fmt: skip
+        self.blocks = stack_layers(
+            lambda: VisionBlock(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, act=cfg.hidden_act,
+                                dtype=dtype, rngs=rngs, norm=LayerNorm, gated=False),
+            cfg.depth,
+        )  # fmt: skip
+
+        def merger(postshuffle: bool) -> PatchMerger:
+            return PatchMerger(cfg.hidden_size, cfg.out_hidden_size, cfg.spatial_merge_size, dtype=dtype, rngs=rngs,
+                               norm=LayerNorm, postshuffle=postshuffle)  # fmt: skip
+
+        self.merger = merger(False)
+        self.deepstack_merger_list = nnx.List([merger(True) for _ in cfg.deepstack_visual_indexes])
+
+    def _encode(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        # No windows: patches stay in their order, every block attends its whole frame.
+        layout = vision_layout(grid_thw, pixel_values.shape[0], cfg.spatial_merge_size, None)
+        x = self.patch_embed(pixel_values.astype(self.patch_embed.kernel.dtype))
+        x = x + interpolated_position_embeddings(self.pos_embed.weight[...], grid_thw, layout.rotary_hw).astype(x.dtype)
+        cos, sin = vision_rotary(layout.rotary_hw, cfg.hidden_size // cfg.num_heads, cfg.rope_theta)
+        body = lambda x, scanned: (scanned[0](x, cos, sin, layout.frame_segment, None), None)
+        # The blocks run as scans up to each DeepStack block (its output also goes through its merger), then on.
+        levels, start = [], 0
+        for index, merger in zip(cfg.deepstack_visual_indexes, self.deepstack_merger_list, strict=True):
+            x, _ = scan_layers(layer_range(self.blocks, start, index + 1), body, x, None)
+            levels.append(merger(x))
+            start = index + 1
+        if start < cfg.depth:
+            x, _ = scan_layers(layer_range(self.blocks, start, cfg.depth), body, x, None)
+        return jnp.concatenate([self.merger(x), *levels], axis=-1)

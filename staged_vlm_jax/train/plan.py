@@ -204,7 +204,7 @@ class Flops:
         self.text, self.vision = cfg.text, cfg.vision
         self.decoder = kernels(model.language_model.layers)
         self.blocks = kernels(model.visual.blocks) + kernels(model.visual.patch_embed)
-        self.merger = kernels(model.visual.merger)
+        self.merger = kernels(model.visual) - self.blocks  # the rest are mergers' (Qwen3-VL's DeepStack ones too)
 
     def decoder_tokens(self, tokens: float, context: float) -> float:
         """Tokens through every decoder layer, each attending ``context`` keys."""
@@ -215,10 +215,11 @@ class Flops:
         return 2 * self.text.hidden_size * self.text.vocab_size * tokens
 
     def image(self, patches: float) -> float:
-        """One row's ``patches`` through the vision tower (windowed blocks attend a window, full ones the image)."""
+        """One row's ``patches`` through the vision tower (windowed blocks attend a window, full ones the image;
+        a tower without windows, Qwen3-VL's, is all full blocks)."""
         v = self.vision
-        window = min(patches, (v.window_size // v.patch_size) ** 2)
-        full = len(v.fullatt_block_indexes)
+        window = min(patches, (getattr(v, "window_size", 0) // v.patch_size) ** 2)
+        full = len(getattr(v, "fullatt_block_indexes", range(v.depth)))
         attention = 4 * v.hidden_size * patches * ((v.depth - full) * window + full * patches)
         return 2 * self.blocks * patches + attention + 2 * self.merger * patches / v.spatial_merge_size**2
 

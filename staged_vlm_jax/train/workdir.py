@@ -15,6 +15,7 @@ import ml_collections
 from etils import epath
 from transformers import PreTrainedTokenizerFast
 
+from staged_vlm_jax import models
 from staged_vlm_jax.data.schema import CAPABILITIES
 from staged_vlm_jax.data.synthetic import write_synthetic
 from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer
@@ -83,6 +84,13 @@ def check_inputs(spec: config_lib.RunSpec) -> None:
     for key, path in spec.input_paths():
         if not as_path(path).exists():
             raise config_lib.ConfigKeyError(f"{key}: {path} not found")
+    if spec.model.path:  # the family decides image preprocessing: another family's would fail mid-step, or worse
+        family, _ = models.read_config(spec.model.path)
+        if family.name != spec.model.family:
+            raise config_lib.ConfigKeyError(
+                f"config.model.family: {spec.model.family!r}, but {spec.model.path}/config.json is a {family.name!r} "
+                f"checkpoint (set --config.model.family={family.name}, or use its configs/ file)"
+            )
 
 
 def check_config(workdir: epath.Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:

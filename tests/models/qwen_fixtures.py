@@ -1,4 +1,4 @@
-"""Tiny Qwen2.5-VL checkpoints written by transformers (the oracle) and prompts with images."""
+"""Tiny Qwen-VL checkpoints written by transformers (the oracle) and prompts with images."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ def randomize_(torch_model, seed: int = 0) -> None:
 
 
 def hf_model(cfg, seed: int = 0):
-    """A transformers Qwen2_5_VLForConditionalGeneration (fp32, eager) with ``cfg``'s shapes and random weights."""
+    """The transformers model of ``cfg``'s family (e.g. Qwen2_5_VLForConditionalGeneration; fp32, eager) with its
+    shapes and random weights."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    import transformers
 
     torch.manual_seed(seed)
-    hf_cfg = Qwen2_5_VLConfig(**cfg.to_hf())
+    hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf())
     hf_cfg._attn_implementation = "eager"
-    model = Qwen2_5_VLForConditionalGeneration(hf_cfg).eval()
+    model = getattr(transformers, cfg.architecture)(hf_cfg).eval()
     randomize_(model, seed)
     return model
 
@@ -58,3 +59,39 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
 
 def tiny(tie: bool = False):
     return tiny_config("qwen2_5_vl", tie_word_embeddings=tie)
+
+
+# Parity prompts: image grids per row and text lengths per row (one more than its images); rows are left-padded.
+PARITY_CASES = {
+    "text_only": ([[]], [[9]]),
+    "one_image": ([[(1, 8, 8)]], [[5, 7]]),
+    "two_images_different_grids": ([[(1, 8, 8), (1, 4, 12)]], [[3, 4, 6]]),
+    "left_padded_batch": ([[(1, 8, 8)], [(1, 6, 4)]], [[2, 3], [7, 11]]),
+}
+
+
+def case_inputs(cfg, case: str, seed: int = 0):
+    """input_ids, attention_mask, packed pixel_values and image_grid_thw (None without images) of a parity case."""
+    grids_per_row, text_lens = PARITY_CASES[case]
+    rng = np.random.default_rng(seed)
+    rows = [prompt(rng, cfg, g, t) for g, t in zip(grids_per_row, text_lens, strict=True)]
+    ids, mask = left_pad(rows, cfg.text.pad_token_id)
+    grids = [g for row in grids_per_row for g in row]
+    pixels = np.concatenate([image_patches(rng, cfg, g) for g in grids]) if grids else None
+    return ids, mask, pixels, np.array(grids, np.int64) if grids else None
+
+
+def hf_logits(oracle, cfg, ids, mask, pixels=None, grids=None) -> np.ndarray:
+    """The transformers model's logits for our inputs (packed images)."""
+    import torch
+
+    kwargs = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask)}
+    if pixels is not None:
+        kwargs.update(
+            pixel_values=torch.tensor(pixels),
+            image_grid_thw=torch.tensor(grids),
+            # Without mm_token_type_ids transformers 5 silently falls back to 1-D positions.
+            mm_token_type_ids=torch.tensor((ids == cfg.image_token_id).astype(np.int64)),
+        )
+    with torch.no_grad():
+        return oracle(**kwargs).logits.numpy()

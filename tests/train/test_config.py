@@ -29,7 +29,8 @@ CONFIGS = sorted(set(CONFIGS_DIR.rglob("*.py")) - set(EVAL_CONFIGS))
 
 def test_configs_are_found() -> None:
     names = {path.stem for path in CONFIGS}
-    assert {"demo", "demo_merged", "qwen2_5_vl_7b_staged", "qwen2_5_vl_7b_merged", "reverse_321",
+    assert {"demo", "demo_merged", "qwen2_5_vl_7b_staged", "qwen2_5_vl_7b_merged", "qwen3_vl_8b_staged",
+            "qwen3_vl_8b_merged", "reverse_321",
             "perception_then_visual", "text_then_visual", "caption_sft", "difficulty",
             "capability_x_difficulty", "capability_x_difficulty_staged", "capability", "order_213", "visual_only",
             "merged_vision_trainable", "merged_reasoning_only"} <= names  # fmt: skip
@@ -185,6 +186,9 @@ ABLATIONS = {  # config -> [(stage, steps on the paper's data, order, vision tow
     "qwen2_5_vl_7b_staged": [("perception", 96, "shuffle", T), ("text_reasoning", 375, "shuffle", F),
                              ("visual_reasoning", 465, "shuffle", T)],
     "qwen2_5_vl_7b_merged": [("merged", 930, "shuffle", F)],
+    "qwen3_vl_8b_staged": [("perception", 96, "shuffle", T), ("text_reasoning", 375, "shuffle", F),
+                           ("visual_reasoning", 465, "shuffle", T)],
+    "qwen3_vl_8b_merged": [("merged", 930, "shuffle", F)],
     "ablations/order_213": [("text_reasoning", 375, "shuffle", F), ("perception", 96, "shuffle", T),
                             ("visual_reasoning", 465, "shuffle", T)],
     "ablations/visual_only": [("visual_reasoning", 465, "shuffle", T)],

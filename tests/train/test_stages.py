@@ -178,6 +178,54 @@ def test_a_hugging_face_directory_trains_resumes_and_exports(uninterrupted: Path
     np.testing.assert_allclose(np.asarray(ours(ids)), expected, atol=1e-4, rtol=0)
 
 
+def test_a_qwen3_vl_checkpoint_trains_through_every_stage_exports_and_answers_benchmarks(tmp_path: Path) -> None:
+    """The second family on the whole path: a Qwen3-VL HF directory (written by `save_hf`) runs the tiny staged
+    recipe (SFT, then the three GRPO stages: rollout with images, learner, frozen vision tower), answers a benchmark
+    at every stage end, and its export loads in transformers with our logits. A config naming another family for
+    the checkpoint is refused before anything loads."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from staged_vlm_jax import models
+    from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
+    from tests.eval.benchmark_files import write_mmstar
+
+    source = tmp_path / "qwen3_vl"
+    cfg = models.tiny_config("qwen3_vl", vocab_size=512)
+    models.save_hf(models.create(cfg, seed=0), cfg, source)
+    build_tiny_tokenizer(source)
+    mmstar = write_mmstar(tmp_path / "MMStar.tsv", 3)
+    config = tmp_path / "qwen3_vl_run.py"
+    config.write_text(f"import runpy\n\ndef get_config():\n    c = runpy.run_path({CONFIG!r})['get_config']()\n"
+                      f"    c.eval.benchmarks = {{'mmstar': {mmstar!r}}}\n    return c\n")  # fmt: skip
+    model = (f"--config.model.path={source}", "--config.model.tokenizer=")
+    train = lambda workdir, *extra: [*_train_command(workdir)[:4], "--config", str(config), "--workdir", str(workdir),
+                                     CACHE, *model, *extra]  # fmt: skip
+    refused = subprocess.run(train(tmp_path / "refused"), env=_env(), capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 2
+    assert "config.model.family: 'qwen2_5_vl', but" in refused.stderr and "'qwen3_vl' checkpoint" in refused.stderr
+
+    workdir = tmp_path / "run"
+    done = subprocess.run(train(workdir, "--config.model.family=qwen3_vl"), env=_env(), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(workdir / "metrics.jsonl")
+    assert [row["global_step"] for row in rows] == list(range(1, 11))
+    assert all(np.isfinite(row["loss"]) for row in rows if "loss" in row)
+    ends = [row["stage"] for row in rows if "bench/mmstar/accuracy" in row]
+    assert ends == ["warm_start", "perception", "text_reasoning", "visual_reasoning"]
+
+    exported = tmp_path / "exported"
+    assert cli.main(["export", "--checkpoint", str(workdir), "--out", str(exported)]) == 0
+    ours, exported_cfg = models.load_hf(exported)
+    assert exported_cfg.model_type == "qwen3_vl"
+    theirs = transformers.AutoModelForImageTextToText.from_pretrained(exported, torch_dtype=torch.float32).eval()
+    ids = np.asarray([transformers.AutoTokenizer.from_pretrained(exported)("<think> 3 + 4 </think>")["input_ids"]])
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.from_numpy(ids).long()).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(ids.astype(np.int32))), expected, atol=1e-4, rtol=0)
+
+
 def _raw_item(workdir: Path, step: int, item: str):
     with ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         return m.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item]
