@@ -62,6 +62,69 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
                          help="with --model: longer prompts are dropped, as training drops them")  # fmt: skip
     convert.set_defaults(data_run=_data_convert)
 
+    names = lambda text: [name for name in text.split(",") if name]
+    perception = commands.add_parser("build-perception", help="Stage-1 MCQs from image captions: generate, filter "
+                                      "with models, write training rows (resumable)")  # fmt: skip
+    perception.add_argument("--captions", required=True, help="JSON-lines caption file (e.g. DOCCI's descriptions)")
+    perception.add_argument("--images", required=True, help="folder the captions' image paths are relative to")
+    perception.add_argument("--generator", required=True, help="the MCQ writer: a Hugging Face directory or a run's "
+                            "workdir (with --generator-url: the model name the endpoint serves)")  # fmt: skip
+    perception.add_argument("--filters", required=True, type=names, help="comma-separated filter models (the "
+                            "paper: two); an MCQ is kept if every one is wrong from the image and right "
+                            "from the caption")  # fmt: skip
+    perception.add_argument("--out", required=True, help="output folder; rerunning on it resumes")
+    perception.add_argument("--limit", type=_data_count, default=None, help="only the first N captions")
+    perception.add_argument("--batch-size", type=_data_count, default=8, help="prompts per generator call (default 8)")
+    perception.add_argument("--caption-key", default="description", help="caption field (default: description)")
+    perception.add_argument("--image-key", default="image_file", help="image path field (default: image_file)")
+    perception.add_argument("--id-key", default="example_id", help="id field (default: example_id)")
+    perception.add_argument("--chat-template", action="store_true", help="send the text prompts (generation, "
+                            "caption-only) as a user turn; the paper sends them raw (no chat template)")  # fmt: skip
+    perception.add_argument("--generator-url", default=None, help="an OpenAI-compatible endpoint serving --generator, "
+                            "e.g. http://127.0.0.1:8000/v1 (staged-vlm serve, vLLM); asked greedily")  # fmt: skip
+    perception.add_argument("--filter-urls", type=lambda text: text.split(","), default=None, help="comma-separated "
+                            "endpoints of the --filters, in their order (an empty entry: a local model)")  # fmt: skip
+    _data_model_arguments(perception)
+    perception.set_defaults(data_run=_data_build_perception)
+
+    rates = commands.add_parser("pass-rate", help="k sampled answers per row, graded by the reward: the predictions, "
+                                "correctness and pass_rate columns (resumable, shardable)")  # fmt: skip
+    rates.add_argument("--data", required=True, help="EasyR1 rows (.jsonl, .json)")
+    rates.add_argument("--capability", required=True, choices=CAPABILITIES, help="the rows' capability (stage)")
+    rates.add_argument("--image-root", default=None, help="root of relative image paths (default: the data's folder)")
+    rates.add_argument("--model", required=True, help="a Hugging Face directory, or a run's workdir / checkpoints/")
+    rates.add_argument("--out", required=True, help="output .jsonl: the rows with the three columns, image paths "
+                       "as in --data (read it with the same image root); shards' part files beside it")  # fmt: skip
+    rates.add_argument("--k", type=_data_count, default=16, help="samples per row (default 16)")
+    rates.add_argument("--temperature", type=float, default=0.7, help="(default 0.7)")
+    rates.add_argument("--top-p", type=float, default=0.9, help="(default 0.9, the official pass-rate script's)")
+    rates.add_argument("--top-k", type=int, default=20, help="(default 20, the official pass-rate script's; 0: off)")
+    rates.add_argument("--max-new-tokens", type=_data_count, default=1024, help="(default 1024)")
+    rates.add_argument("--reward", default="math", help="the run's reward, whose accuracy grades (default: math)")
+    rates.add_argument("--prompt", default="training", choices=("training", "passk"), help="training: the "
+                       "row's training prompt (default); passk: the official pass-rate script's")  # fmt: skip
+    rates.add_argument("--batch-size", type=_data_count, default=8, help="rows per generator call (default 8)")
+    rates.add_argument("--shard", type=int, default=0, help="this process's share: rows shard::num-shards")
+    rates.add_argument("--num-shards", type=_data_count, default=1, help="processes sharing the rows")
+    _data_model_arguments(rates)
+    rates.set_defaults(data_run=_data_pass_rate)
+
+
+def _data_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _data_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from staged_vlm_jax.train.config import DataSpec
+
+    parser.add_argument("--dtype", default="bfloat16", help="parameter dtype of local models (default bfloat16)")
+    parser.add_argument("--min-pixels", type=int, default=DataSpec.min_pixels, help="image size bounds of local "
+                        f"models (default: training's, {DataSpec.min_pixels} to {DataSpec.max_pixels})")  # fmt: skip
+    parser.add_argument("--max-pixels", type=int, default=DataSpec.max_pixels, help="see --min-pixels")
+
 
 def _data_convert(args: argparse.Namespace) -> int:
     """Reads and validates the rows (every image decoded once; with --model screened as a run would screen them),
@@ -103,6 +166,102 @@ def _model_screen(model: str, max_prompt_length: int, on_error: str):
     data = DataSpec()
     images = image_inputs(family.name, data.image_resize, data.min_pixels, data.max_pixels, data.image_backend)
     return DataScreen(load_tokenizer(model), images, max_prompt_length, on_error, verify_images=True)
+
+
+def _data_build_perception(args: argparse.Namespace) -> int:
+    """Generates, filters and writes Stage-1 MCQs (`data.builders.perception`), a summary line per step."""
+    import tempfile
+
+    from staged_vlm_jax.data.builders.perception import PerceptionSpec, build_perception
+    from staged_vlm_jax.paths import as_path
+    from staged_vlm_jax.train.config import ConfigKeyError
+
+    filter_urls = args.filter_urls or [""] * len(args.filters)
+    if not args.filters:
+        raise ConfigKeyError("--filters: name at least one filter model")
+    if len(filter_urls) != len(args.filters):
+        raise ConfigKeyError(f"--filters names {len(args.filters)} models but --filter-urls {len(filter_urls)} "
+                             "endpoints; give one entry per filter (empty for a local model)")  # fmt: skip
+    urls = {name: url for name, url in zip([args.generator, *args.filters], [args.generator_url, *filter_urls],
+                                           strict=True) if url}  # fmt: skip
+    named = lambda name: name if name in urls else str(as_path(name))  # a local model by its absolute path
+    spec = PerceptionSpec(str(as_path(args.captions)), str(as_path(args.images)), args.out, named(args.generator),
+                          tuple(map(named, args.filters)), args.caption_key, args.image_key, args.id_key, args.limit,
+                          args.batch_size, args.chat_template)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="staged-vlm-data-") as scratch:
+        build_perception(spec, _data_models(args, urls, scratch))
+    return 0
+
+
+def _data_pass_rate(args: argparse.Namespace) -> int:
+    """Samples and grades this shard's rows (`data.builders.pass_rate`); prints a summary line."""
+    import tempfile
+
+    from staged_vlm_jax.data.builders.pass_rate import pass_rate
+    from staged_vlm_jax.rl.rewards import REWARDS, RewardPool
+    from staged_vlm_jax.train.config import ConfigKeyError, RewardSpec
+
+    if args.reward not in REWARDS:
+        raise ConfigKeyError(f"--reward {args.reward!r} is not a registered reward ({', '.join(sorted(REWARDS))})")
+    if not 0 <= args.shard < args.num_shards:
+        raise ConfigKeyError(f"--shard {args.shard} is not in [0, --num-shards {args.num_shards})")
+    reward = RewardSpec(args.reward)  # the training defaults: workers, per-answer timeout, limits
+    pool = RewardPool(reward.name, num_workers=reward.num_workers, timeout_s=reward.timeout_s,
+                      memory_limit_mb=reward.memory_limit_mb or None,
+                      cpu_limit_s=reward.cpu_limit_s or None)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="staged-vlm-data-") as scratch, pool:
+        load = _data_models(args, {}, scratch)
+        print(pass_rate(args.data, args.out, lambda: load(args.model), pool.score, capability=args.capability,
+                        image_root=args.image_root, k=args.k, temperature=args.temperature, top_p=args.top_p,
+                        top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        prompt=args.prompt, shard=args.shard, num_shards=args.num_shards))  # fmt: skip
+    return 0
+
+
+def _data_models(args: argparse.Namespace, urls: dict[str, str], scratch: str):
+    """``load(name)`` for the data builders: an endpoint's model for a name in ``urls``, else a local model (a run's
+    checkpoint exported under ``scratch``) on one rollout engine shared by all (its programs compile once)."""
+    import functools
+    import tempfile
+
+    from staged_vlm_jax.data.builders.generators import EndpointGenerator, LocalGenerator
+    from staged_vlm_jax.models.sharding import make_mesh
+    from staged_vlm_jax.rl.rollout import RolloutEngine
+
+    engine = functools.cache(lambda: RolloutEngine(mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1})))
+
+    def load(name: str):
+        if name in urls:
+            return EndpointGenerator(name, _data_endpoint_chat(urls[name], name))
+        return LocalGenerator.load(name, tempfile.mkdtemp(dir=scratch), engine(), dtype=args.dtype,
+                                   min_pixels=args.min_pixels, max_pixels=args.max_pixels)  # fmt: skip
+
+    return load
+
+
+def _data_endpoint_chat(url: str, model: str):
+    """``chat(messages, max_tokens, temperature)`` (`generators.ChatFn`) through `eval.judge.Judge`'s client, which
+    retries and asks greedily; a request that fails for good is a one-line error (a rerun resumes)."""
+    from staged_vlm_jax.data.schema import DataError
+    from staged_vlm_jax.eval.judge import Judge, JudgeError, JudgeSpec
+    from staged_vlm_jax.train.config import ConfigKeyError
+
+    problems = JudgeSpec(url=url, model=model).problems()
+    if problems:
+        raise ConfigKeyError(f"{url}: {problems[0]}")
+    clients: dict[int, Judge] = {}
+
+    def chat(messages, max_tokens: int, temperature: float) -> str:
+        if temperature:
+            raise ValueError(f"{url}: endpoint requests are greedy, got temperature {temperature}")
+        if max_tokens not in clients:
+            clients[max_tokens] = Judge(JudgeSpec(url=url, model=model, max_tokens=max_tokens))
+        try:
+            return clients[max_tokens].complete(messages)
+        except JudgeError as error:
+            raise DataError(url, model, str(error), reason="endpoint_failed") from error
+
+    return chat
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -368,7 +527,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _inspect,
     ),
     "data": (
-        "data set tools: `data convert` writes rows and their images as TFDS-layout array_record shards",
+        "data set tools: `data convert` (rows + images -> array_record shards), `data build-perception` (the paper's "
+        "stage-1 MCQ pipeline), `data pass-rate` (k-sample difficulty columns)",
         _data_arguments,
         lambda args: args.data_run(args),
     ),

@@ -35,7 +35,8 @@ from staged_vlm_jax.data.images import BACKENDS, IMAGE_RESIZES, ImageInputs
 from staged_vlm_jax.data.images import image_inputs as family_image_inputs
 from staged_vlm_jax.data.pipeline import Prompt, PromptBuilder, PromptCollator
 from staged_vlm_jax.data.prompts import FORMAT_INSTRUCTION
-from staged_vlm_jax.data.schema import DataError, RowLocation
+from staged_vlm_jax.data.resumable import read_answers
+from staged_vlm_jax.data.schema import RowLocation
 from staged_vlm_jax.eval import benchmarks
 from staged_vlm_jax.eval.judge import VERDICT, Judge, JudgeSpec, judge_records
 from staged_vlm_jax.eval.runner import responses
@@ -87,28 +88,6 @@ class SuiteSpec:
 
 def image_inputs(spec: SuiteSpec, model_type: str) -> ImageInputs:
     return family_image_inputs(model_type, spec.image_resize, spec.min_pixels, spec.max_pixels, spec.image_backend)
-
-
-def read_answers(path: epath.Path) -> dict[int, dict[str, Any]]:
-    """The answers already in a predictions file, by record index. A last line cut short by a kill is removed from
-    the file (so that appending starts on a fresh line) and its record answered again; any other line that is not
-    an answer is a `DataError` naming ``file:line``."""
-    if not path.exists():
-        return {}
-    text = path.read_text()
-    lines = text.splitlines()
-    if text and not text.endswith("\n"):
-        lines.pop()
-        write_atomic(path, "".join(line + "\n" for line in lines))
-    answers = {}
-    for number, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-            answers[row["index"]] = row
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise DataError(RowLocation(path, number), "line", f"not an answer ({error}); delete the line to answer "
-                            "its record again", reason="corrupt_answer") from error  # fmt: skip
-    return answers
 
 
 class SuiteRunner:
