@@ -95,3 +95,20 @@ def hf_logits(oracle, cfg, ids, mask, pixels=None, grids=None) -> np.ndarray:
         )
     with torch.no_grad():
         return oracle(**kwargs).logits.numpy()
+
+
+def stepwise_greedy(model, cfg, ids, mask, pixels, grids, new: int) -> np.ndarray:
+    """``new`` greedy tokens per row from the full forward re-run on the growing sequence (special tokens banned,
+    pad after EOS): the reference the rollout engine's cached greedy decoding must equal."""
+    seq, seq_mask = ids.copy(), mask.copy()
+    expected = np.full((len(ids), new), cfg.text.pad_token_id)
+    done = np.zeros(len(ids), bool)
+    for t in range(new):
+        logits = np.array(model(seq, seq_mask, pixels, grids))[:, -1]
+        logits[:, list(cfg.special_token_ids)] = -np.inf
+        token = np.where(done, cfg.text.pad_token_id, logits.argmax(-1))
+        expected[:, t] = token
+        done |= token == cfg.text.eos_token_id
+        seq = np.concatenate([seq, token[:, None]], axis=1)
+        seq_mask = np.concatenate([seq_mask, np.ones((len(ids), 1), np.int32)], axis=1)
+    return expected

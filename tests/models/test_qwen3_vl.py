@@ -18,7 +18,16 @@ from staged_vlm_jax.data.batch import images_per_row, per_row_images
 from staged_vlm_jax.models.qwen3_vl import ConfigError, Qwen3VLConfig
 from staged_vlm_jax.models.sharding import make_mesh, shard_batch
 from staged_vlm_jax.rl import rollout
-from tests.models.qwen_fixtures import PARITY_CASES, case_inputs, hf_logits, hf_model, image_patches, left_pad, prompt
+from tests.models.qwen_fixtures import (
+    PARITY_CASES,
+    case_inputs,
+    hf_logits,
+    hf_model,
+    image_patches,
+    left_pad,
+    prompt,
+    stepwise_greedy,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -194,17 +203,7 @@ def test_rollout_greedy_equals_stepwise_argmax_of_full_forward(pair, batch):
     out = rollout.generate(model, ids, mask, pixel_values=pixels, image_grid_thw=grids, max_new_tokens=new,
                            greedy=True, rng=jax.random.key(0), eos_token_ids=(cfg.text.eos_token_id,),
                            pad_token_id=cfg.text.pad_token_id)  # fmt: skip
-    seq, seq_mask = ids.copy(), mask.copy()
-    expected = np.full((2, new), cfg.text.pad_token_id)
-    done = np.zeros(2, bool)
-    for t in range(new):
-        logits = np.array(model(seq, seq_mask, pixels, grids))[:, -1]
-        logits[:, list(cfg.special_token_ids)] = -np.inf
-        token = np.where(done, cfg.text.pad_token_id, logits.argmax(-1))
-        expected[:, t] = token
-        done |= token == cfg.text.eos_token_id
-        seq = np.concatenate([seq, token[:, None]], axis=1)
-        seq_mask = np.concatenate([seq_mask, np.ones((2, 1), np.int32)], axis=1)
+    expected = stepwise_greedy(model, cfg, ids, mask, pixels, grids, new)
     np.testing.assert_array_equal(np.asarray(out.tokens), expected)
 
 

@@ -12,7 +12,7 @@ from staged_vlm_jax.data.batch import bucket
 from staged_vlm_jax.models.sharding import make_mesh
 from staged_vlm_jax.rl import rollout
 from staged_vlm_jax.rl.rollout import EngineConfig, RolloutEngine, choose_tokens, sample_categorical
-from tests.models.qwen_fixtures import hf_model, image_patches, left_pad, prompt, tiny
+from tests.models.qwen_fixtures import hf_model, image_patches, left_pad, prompt, stepwise_greedy, tiny
 
 torch = pytest.importorskip("torch")
 
@@ -47,17 +47,7 @@ def _greedy(model, cfg, ids, mask, pixels, grids):
 def test_greedy_equals_stepwise_argmax_of_full_forward(setup):
     model, _, cfg, ids, mask, pixels, grids, _ = setup
     out = _greedy(model, cfg, ids, mask, pixels, grids)
-    seq, seq_mask = ids.copy(), mask.copy()
-    expected = np.full((2, NEW), cfg.text.pad_token_id)
-    done = np.zeros(2, bool)
-    for t in range(NEW):
-        logits = np.array(model(seq, seq_mask, pixels, grids))[:, -1]
-        logits[:, list(cfg.special_token_ids)] = -np.inf
-        token = np.where(done, cfg.text.pad_token_id, logits.argmax(-1))
-        expected[:, t] = token
-        done |= token == cfg.text.eos_token_id
-        seq = np.concatenate([seq, token[:, None]], axis=1)
-        seq_mask = np.concatenate([seq_mask, np.ones((2, 1), np.int32)], axis=1)
+    expected = stepwise_greedy(model, cfg, ids, mask, pixels, grids, NEW)
     np.testing.assert_array_equal(np.asarray(out.tokens), expected)
     assert out.tokens.shape == (2, NEW)
 
