@@ -453,6 +453,13 @@ class Qwen2_5_VL(nnx.Module):
     def dtype(self):
         return self.language_model.embed_tokens.weight.dtype
 
+    @property
+    def pixel_dtype(self):
+        """The dtype the vision tower casts ``pixel_values`` to before its patch embedding (as HF casts them to the
+        tower's dtype): the sampler and the learner put pixels on the device in it, which for a bf16 model halves
+        the largest input of an image step (float32 pixels carry nothing the cast keeps)."""
+        return self.visual.patch_embed.kernel.dtype
+
     def embed(self, input_ids: jax.Array, pixel_values=None, image_grid_thw=None) -> jax.Array:
         """Token embeddings with the vision features written at the image placeholder positions, in order.
 

@@ -302,6 +302,7 @@ class Learner:
     ):
         self.config, self.mesh, self.rules = config, mesh, rules
         self.model_config = model.cfg  # the family's config (image-token ids, ...)
+        self.pixel_dtype = jnp.dtype(model.pixel_dtype)
         self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.trainable), ...)
         if not jax.tree.leaves(params):
             raise ValueError(f"learner.trainable {config.trainable} matches no parameter")
@@ -378,6 +379,9 @@ class Learner:
             raise ValueError(error)
         minibatches, micros, units = _micro_layout(batch, self.config)
         batch = _strided(batch, minibatches * micros, units, forward=True)
+        pixels = batch.pixel_values  # in the tower's dtype (`Qwen2_5_VL.pixel_dtype`): half the bytes in bf16
+        if pixels is not None and not isinstance(pixels, jax.ShapeDtypeStruct) and pixels.dtype != self.pixel_dtype:
+            batch = batch.replace(pixel_values=pixels.astype(self.pixel_dtype))
         if self.mesh is None:
             return batch
         rows, shards = batch.input_ids.shape[0] // batch.group_size, batch_shards(self.mesh, self.rules)

@@ -412,9 +412,9 @@ class RolloutEngine:
         ids, mask = pad(input_ids, pad_token_id), pad(attention_mask, 0)
         if pixel_values is not None:
             pixel_values, image_grid_thw = to_per_row(
-                input_ids, np.asarray(pixel_values), np.asarray(image_grid_thw), rows_bucket,
-                image_token_id=model.cfg.image_token_id, merge_size=model.cfg.vision.spatial_merge_size,
-                patch_buckets=self.config.patch_buckets,
+                input_ids, np.asarray(pixel_values, jnp.dtype(model.pixel_dtype)), np.asarray(image_grid_thw),
+                rows_bucket, image_token_id=model.cfg.image_token_id,
+                merge_size=model.cfg.vision.spatial_merge_size, patch_buckets=self.config.patch_buckets,
             )  # fmt: skip
             pixel_values, image_grid_thw = self._place(pixel_values), self._place(image_grid_thw)
         return (self._place(ids), self._place(mask), pixel_values, image_grid_thw), length, prompt_bucket + length
@@ -454,7 +454,7 @@ class RolloutEngine:
         struct = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=(
             None if self.mesh is None else batch_sharding(self.mesh, len(shape), self.rules)))  # fmt: skip
         slots = bucket(images, SLOT_BUCKETS)
-        pixel_values = struct((rows, bucket(patches, self.config.patch_buckets), patch_dim), jnp.float32)
+        pixel_values = struct((rows, bucket(patches, self.config.patch_buckets), patch_dim), model.pixel_dtype)
         graphdef, state = nnx.split(model)
         if self.mesh is not None:
             state = abstract(state, state_shardings(state, self.mesh, self.rules))

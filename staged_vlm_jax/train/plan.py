@@ -299,7 +299,7 @@ def size_programs(spec: config_lib.RunSpec, model_cfg, mesh, cache_limit: int | 
             attention_mask=struct((rows, prompt + length), jnp.int32),
             response_mask=struct((rows, length), jnp.int32),
             advantages=struct((rows,), jnp.float32),
-            pixel_values=struct((rows // group, patches, patch_dim), jnp.float32) if images else None,
+            pixel_values=struct((rows // group, patches, patch_dim), model.pixel_dtype) if images else None,
             image_grid_thw=struct((rows // group, 1, 3), jnp.int32) if images else None,
             group_size=group,
         )

@@ -193,6 +193,22 @@ def test_optimizer_state_is_sharded_as_its_parameters(dtype):
     assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(learner.state.opt_state))
 
 
+def test_a_bf16_model_takes_its_pixels_in_bf16_with_the_same_result():
+    """Pixels reach the device in the vision tower's dtype (`pixel_dtype`), half the bytes of the largest input of
+    an image step; the tower casts them to it first anyway (as HF does), so log-probs are those of float32 pixels."""
+    model = models.create(tiny(), dtype="bfloat16")
+    batch = make_batch(tiny(), images=True)
+    learner = Learner(model, _config())
+    placed = learner.place_batch(batch)
+    assert batch.pixel_values.dtype == np.float32 and placed.pixel_values.dtype == jnp.bfloat16
+    learner.pixel_dtype = np.dtype(np.float32)  # as before: the float32 pixels, cast by the tower
+    as_before = learner.place_batch(batch)
+    assert as_before.pixel_values.dtype == np.float32
+    log_probs = lambda b: np.asarray(learner.log_probs(learner.state.params, learner.state.frozen,
+                                                       jax.tree.map(lambda x: x[None], b)))  # fmt: skip
+    np.testing.assert_array_equal(log_probs(placed), log_probs(as_before))
+
+
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 def test_micro_batches_are_the_original_rows_and_span_every_shard_without_communication():
     """`place_batch` permutes rows so that the step's micro-batches come back, by a reshape and transpose local to
