@@ -30,6 +30,9 @@ setup(
         "numpy>=2.0,<3",
         "pillow>=10,<14",
         "array-record>=0.8.6,<0.9",
+        # Converted data sets are TFDS data sets (data/array_record.py), written and read without TensorFlow.
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "importlib-resources>=6,<8",  # imported by tfds' DatasetBuilder, declared by tfds only for Python < 3.9
         "pyarrow>=20,<27",  # parquet data sets (EasyR1 / HF schema)
         # Rewards: mathruler declares none of its own dependencies (sympy, pylatexenc, tqdm).
         "mathruler>=0.1.0,<0.2",

@@ -49,13 +49,13 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     from staged_vlm_jax.train.config import DataSpec
 
     commands = parser.add_subparsers(dest="data_command", required=True)
-    convert = commands.add_parser("convert", help="EasyR1-schema rows + images -> TFDS-layout array_record directory")
+    convert = commands.add_parser("convert", help="EasyR1-schema rows + images -> TFDS data set (array_record)")
     convert.add_argument("--input", required=True, help="rows file (.jsonl, .json, .parquet, .tsv)")
     convert.add_argument("--capability", required=True, choices=CAPABILITIES, help="the rows' capability (stage)")
     convert.add_argument("--image-root", default=None, help="root of relative image paths (default: input folder)")
-    convert.add_argument("--out", required=True, help="new (or empty) output directory")
+    convert.add_argument("--out", required=True, help="new (or empty) TFDS data_dir")
     convert.add_argument("--on-error", default="raise", choices=sorted(ON_ERROR_POLICIES), help="for bad rows")
-    convert.add_argument("--shard-size", type=int, default=1024, help="records per array_record shard")
+    convert.add_argument("--shard-size", type=int, default=1024, help="most records per array_record shard")
     convert.add_argument("--model", default=None, help="a Hugging Face model directory: screen the rows as training "
                          "with its tokenizer and image processor would (control tokens, prompt lengths)")  # fmt: skip
     convert.add_argument("--max-prompt-length", type=int, default=DataSpec.max_prompt_length,
@@ -129,12 +129,12 @@ def _data_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _data_convert(args: argparse.Namespace) -> int:
     """Reads and validates the rows (every image decoded once; with --model screened as a run would screen them),
     writes them, and prints rows written and dropped with reasons (listed in OUT/data_errors.jsonl)."""
-    from staged_vlm_jax.data.array_record import check_empty, shard_paths, write_array_record
+    from staged_vlm_jax.data.array_record import SPLIT, check_empty, write_array_record
     from staged_vlm_jax.data.schema import DataError, SkipCounter
     from staged_vlm_jax.data.screen import DataErrorLog, ScreenedSource
     from staged_vlm_jax.data.sources import DataSource, read_rows
 
-    check_empty(args.out)
+    out = check_empty(args.out)  # before the (long) reading and screening
     source = DataSource(args.input, args.capability, args.image_root)
     if args.model:
         screened = _model_screen(args.model, args.max_prompt_length, args.on_error)(source)
@@ -145,12 +145,13 @@ def _data_convert(args: argparse.Namespace) -> int:
         screened = ScreenedSource(source, tuple(rows), skipped.rows_seen, tuple(skipped.errors), ())
         if not screened.examples:
             raise DataError(args.input, "rows", f"no usable row ({screened.summary()})", reason="no_usable_rows")
-    out = write_array_record(screened.examples, args.out, shard_size=args.shard_size)
+    builder = write_array_record(screened.examples, out, shard_size=args.shard_size)
     if screened.dropped or screened.duplicates:
         log = DataErrorLog(out / "data_errors.jsonl")
         log.write(screened.dropped, "skipped")
         log.write(screened.duplicates, "kept")
-    print(f"wrote {len(screened.examples)} rows to {out} ({len(shard_paths(out))} shard(s)); {screened.summary()}")
+    shards = builder.info.splits[SPLIT].num_shards
+    print(f"wrote {len(screened.examples)} rows to {out} ({shards} shard(s)); {screened.summary()}")
     return 0
 
 
@@ -527,7 +528,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _inspect,
     ),
     "data": (
-        "data set tools: `data convert` (rows + images -> array_record shards), `data build-perception` (the paper's "
+        "data set tools: `data convert` (rows + images -> a TFDS data set), `data build-perception` (the paper's "
         "stage-1 MCQ pipeline), `data pass-rate` (k-sample difficulty columns)",
         _data_arguments,
         lambda args: args.data_run(args),

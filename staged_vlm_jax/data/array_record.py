@@ -1,88 +1,112 @@
-"""Converted data sets: `Example`s as array_record shards in a TFDS-layout directory, and the reader back.
+"""Converted data sets: `Example`s as a TFDS data set in array_record shards, written and read through tfds' API.
 
 Stage 1 and 3 sets hold thousands of images spread over files and folders; a pipeline that opens them one by one
 from a jsonl's paths is slow on network storage and breaks when the set is moved. ``staged-vlm data convert``
-packs the rows and their image bytes into a few array_record files (random access by index, what Grain's
-``ArrayRecordDataSource`` reads), laid out as a TFDS builder directory::
+packs the rows and their image bytes into a TFDS data set (a TFDS ``data_dir`` holding one builder directory)::
 
     out_dir/
-      dataset_info.json                                   # TFDS DatasetInfo JSON: name, version, splits, shards
-      features.json                                       # TFDS FeaturesDict: the record's features (below)
-      staged_vlm_rows-train.array_record-00000-of-00002   # TFDS shard naming
-      staged_vlm_rows-train.array_record-00001-of-00002
+      data_errors.jsonl                         # rows the conversion dropped, and why (when any were)
+      staged_vlm_rows/1.0.0/                    # what tfds.builder_from_directory opens
+        dataset_info.json                       # name, version, the "train" split and its shard lengths
+        features.json                           # the FeaturesDict below
+        staged_vlm_rows-train.array_record-00000-of-00002
+        staged_vlm_rows-train.array_record-00001-of-00002
 
-Format choice: each record is a serialised ``tf.train.Example``, and ``features.json`` is the TFDS
-``FeaturesDict`` that describes it, so the directory is a real TFDS data set:
-``tfds.builder_from_directory(out_dir).as_data_source()["train"][i]`` reads it, and TFDS 4.9 does that without
-TensorFlow. Every feature is a byte-string list (``Text``, or a ``Sequence`` of ``Text`` / string ``Tensor``), so
-the few protobuf wire-format lines here encode and decode the records: neither TensorFlow nor
-tensorflow-datasets (and its dozen extra dependencies) is needed to write or read. ``tfds.features.Image`` is
-not used, since encoding and decoding it needs TensorFlow; images are stored as encoded files instead.
-``pass_rate`` is ``Text`` holding its JSON (``"null"`` or the number): ``tf.train.Example`` has only float32, and
-a float32 pass rate would not round-trip (0.3 -> 0.30000001192…).
+so ``tfds.data_source("staged_vlm_rows", data_dir=out_dir, split="train")`` or
+``tfds.builder_from_directory(out_dir / "staged_vlm_rows/1.0.0")`` reads it, and Grain takes that random-access
+source as it is (``grain.MapDataset.source(data_source(out_dir))``). `write_array_record` prepares a
+``tfds.core.GeneratorBasedBuilder`` with ``file_format="array_record"``, so tfds writes the shards and the metadata
+(into a temporary folder it renames when done, so an interrupted conversion leaves no builder directory).
 
-Features: ``id``, ``problem``, ``answer``, ``capability``, ``pass_rate`` (``Text``), ``images`` (``Sequence`` of
-string ``Tensor``: encoded image files) and ``image_names`` (``Sequence`` of ``Text``: where each image came from,
-for error messages). A PNG or JPEG image is stored as its original bytes, so decoding gives the same pixels
-without a second lossy encode; any other format is decoded and stored as a PNG of its RGB pixels, which is what
-`ImageRef.load` returns for it anyway. Grain reads the shards directly:
-``grain.sources.ArrayRecordDataSource(shard_paths(out_dir))``, each record made an `Example` by
-`example_from_record`.
+Neither writing nor reading needs TensorFlow: tfds serialises and parses ``tf.train.Example`` protos itself, and
+``tfds.features.Image`` stores the bytes it is given (only encoding a pixel array would call TensorFlow, and images
+are passed encoded). tfds' ``store_as_tfds_dataset`` is not used because it tests its input against
+``tf.data.Dataset``, which imports TensorFlow.
 
-`read_rows` reads such a directory: this module registers it under the empty extension, so a directory whose
-name has no suffix (``tfds_dir``) is read once the module is imported.
+Features: ``id``, ``problem``, ``answer``, ``capability`` (``Text``); ``pass_rate`` (float64 scalar stored as its
+8 raw bytes, NaN for a row without one: a ``tf.train.Example`` float is float32, and a float32 pass rate would not
+round-trip, 0.3 -> 0.30000001192…); ``images`` (``Sequence`` of ``Image``) and ``image_names`` (``Sequence`` of
+``Text``: where each image came from, for error messages). A PNG or JPEG image is stored as its original bytes, so
+decoding gives the same pixels without a second lossy encode; any other format is decoded and stored as a PNG of
+its RGB pixels (what `ImageRef.load` returns for it anyway), since tfds' ``Image`` holds PNG or JPEG. Readers here
+leave the images encoded (`ImageRef` bytes, decoded when the pipeline loads them); tfds' own decoding gives each
+image's pixels as Pillow reads them.
+
+`read_rows` reads such a directory (or its builder directory): this module registers it under the empty
+extension, so a directory is read once the module is imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+import math
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from PIL import Image
 
 from staged_vlm_jax.data.schema import DataError, Example, ImageRef, RowLocation
 from staged_vlm_jax.data.sources import ReadOptions, RowFormat, register_format
+from staged_vlm_jax.paths import PathLike, as_path
 
 DATASET_NAME = "staged_vlm_rows"
 SPLIT = "train"
 VERSION = "1.0.0"
-_TEXT_FIELDS = ("id", "problem", "answer", "capability", "pass_rate")
-_TFDS_CLASS = "tensorflow_datasets.core.features."
-_TEXT = {"pythonClassName": _TFDS_CLASS + "text_feature.Text", "text": {}}
-_BYTES = {
-    "pythonClassName": _TFDS_CLASS + "tensor_feature.Tensor",
-    "tensor": {"dtype": "string", "encoding": "none", "shape": {}},
-}
-
-
-def _sequence(feature: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "pythonClassName": _TFDS_CLASS + "sequence_feature.Sequence",
-        "sequence": {"feature": feature, "length": "-1"},
+_TEXT_FIELDS = ("id", "problem", "answer", "capability")
+FEATURES = tfds.features.FeaturesDict(
+    {
+        **{name: tfds.features.Text() for name in _TEXT_FIELDS},
+        "pass_rate": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES),
+        "images": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 3))),
+        "image_names": tfds.features.Sequence(tfds.features.Text()),
     }
-
-
-# features.json as TFDS writes it (FeaturesDict.save_config); the reader requires exactly this.
-FEATURES = {
-    "featuresDict": {
-        "features": {
-            **{name: _TEXT for name in _TEXT_FIELDS},
-            "images": _sequence(_BYTES),
-            "image_names": _sequence(_TEXT),
-        }
-    },
-    "pythonClassName": _TFDS_CLASS + "features_dict.FeaturesDict",
-}
-# TFDS's shard file naming, as it writes it into dataset_info.json.
-FILEPATH_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
-# One record per chunk, as TFDS writes array_record, so reading record i decodes only record i (random access).
-_WRITER_OPTIONS = "group_size:1"
+)
 _READ_CHUNK_RECORDS = 256
 _LOSSLESS_PREFIXES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG
+
+
+class _KeepEncoded(tfds.decode.SkipDecoding):
+    """Leaves the ``images`` bytes encoded. tfds 4.9's ``SkipDecoding`` lacks the NumPy batch method that a
+    ``Sequence`` feature calls, so it is added here."""
+
+    def decode_batch_example_np(self, serialized_example: np.ndarray) -> np.ndarray:
+        return serialized_example
+
+
+class _RowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """The tfds builder that writes ``examples`` in order (shuffling disabled: sequential and difficulty curricula
+    read the file order) as the ``train`` split."""
+
+    name = DATASET_NAME
+    VERSION = tfds.core.Version(VERSION)
+
+    def __init__(self, examples: Sequence[Example], *, data_dir: epath.Path) -> None:
+        self._examples = examples
+        super().__init__(data_dir=data_dir, file_format="array_record")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Validated EasyR1-schema rows and their images (staged_vlm_jax.data.array_record).",
+            features=FEATURES,
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+        del dl_manager  # nothing to download
+        return {SPLIT: self._generate_examples()}
+
+    def _generate_examples(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        for index, example in enumerate(self._examples):
+            yield index, _features(example)
 
 
 def _image_bytes(image: ImageRef) -> bytes:
@@ -95,214 +119,115 @@ def _image_bytes(image: ImageRef) -> bytes:
     return encoded.getvalue()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field (wire type 2): tag, length, payload."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _record(example: Example) -> bytes:
-    """``tf.train.Example{features{feature{key: Feature{bytes_list{value...}}}}}`` in protobuf wire format."""
-    features = {
-        "id": [example.id.encode()],
-        "problem": [example.problem.encode()],
-        "answer": [example.answer.encode()],
-        "capability": [example.capability.encode()],
-        "pass_rate": [json.dumps(example.pass_rate).encode()],
+def _features(example: Example) -> dict[str, Any]:
+    """``example`` as a dict of `FEATURES`, which tfds encodes."""
+    return {
+        **{name: getattr(example, name) for name in _TEXT_FIELDS},
+        "pass_rate": math.nan if example.pass_rate is None else float(example.pass_rate),
         "images": [_image_bytes(image) for image in example.images],
-        "image_names": [image.name.encode() for image in example.images],
+        "image_names": [image.name for image in example.images],
     }
-    entries = (
-        _field(1, key.encode()) + _field(2, _field(1, b"".join(_field(1, value) for value in values)))
-        for key, values in features.items()
-    )
-    return _field(1, b"".join(_field(1, entry) for entry in entries))
 
 
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if position >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[position]
-        value |= (byte & 0x7F) << shift
-        shift, position = shift + 7, position + 1
-        if byte < 0x80:
-            return value, position
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(field number, payload) of a message whose fields are all length-delimited; ValueError otherwise."""
-    position = 0
-    while position < len(data):
-        tag, position = _read_varint(data, position)
-        length, position = _read_varint(data, position)
-        if tag & 7 != 2 or position + length > len(data):
-            raise ValueError(f"field with tag {tag} is not length-delimited or is truncated")
-        yield tag >> 3, data[position : position + length]
-        position += length
-
-
-def _decode(record: bytes) -> dict[str, list[bytes]]:
-    """The feature map of a serialised ``tf.train.Example`` whose features are all byte lists."""
-    features: dict[str, list[bytes]] = {}
-    for _, entries in _fields(record):
-        for _, entry in _fields(entries):
-            parts = dict(_fields(entry))
-            kinds = dict(_fields(parts[2]))
-            if set(kinds) != {1}:
-                raise ValueError(f"feature {parts[1]!r} is not a bytes_list")
-            features[parts[1].decode()] = [value for _, value in _fields(kinds[1])]
-    return features
-
-
-def check_empty(out_dir: str | Path) -> Path:
-    """``out_dir`` as a Path; raises FileExistsError unless it is absent or empty (no shard of an earlier
-    conversion may be mixed in)."""
-    out_dir = Path(out_dir)
+def check_empty(out_dir: PathLike) -> epath.Path:
+    """``out_dir`` as a path; raises FileExistsError unless it is absent or empty (tfds would silently reuse an
+    earlier conversion's data set found there)."""
+    out_dir = as_path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} is not an empty directory; convert into a new one")
     return out_dir
 
 
-def write_array_record(examples: Iterable[Example], out_dir: str | Path, *, shard_size: int = 1024) -> Path:
-    """Write ``examples`` in order, ``shard_size`` per array_record shard, to a new TFDS-layout ``out_dir``.
+def write_array_record(
+    examples: Sequence[Example], out_dir: PathLike, *, shard_size: int = 1024
+) -> tfds.core.DatasetBuilder:
+    """Write ``examples`` in order as a TFDS data set in a new ``out_dir``, in ``ceil(len / shard_size)`` shards.
 
-    Returns ``out_dir``. Images are read but not decoded unless they need re-encoding, so give examples whose
-    images were verified (`read_rows` with ``verify_images=True``, the default). ``out_dir`` must be empty or
-    absent, so no shard of an earlier conversion is mixed in; ``dataset_info.json`` is written last, so a
-    directory without it is an interrupted conversion.
+    Returns the prepared builder (``.data_dir``, ``.info.splits["train"]``). Images are read but not decoded
+    unless they need re-encoding, so give examples whose images were verified (`read_rows` with
+    ``verify_images=True``, the default). tfds' progress messages go to stderr.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
-    out_dir = check_empty(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # The shard count is known only at the end, so shards are written under temporary names and renamed.
-    lengths: list[int] = []
-    writer: ArrayRecordWriter | None = None
-    for example in examples:
-        if writer is None:
-            writer = ArrayRecordWriter(str(out_dir / f"shard-{len(lengths):05d}.tmp"), _WRITER_OPTIONS)
-            lengths.append(0)
-        writer.write(_record(example))
-        lengths[-1] += 1
-        if lengths[-1] == shard_size:
-            writer.close()
-            writer = None
-    if writer is not None:
-        writer.close()
-    paths = _shard_paths(out_dir, DATASET_NAME, len(lengths))
-    for index, path in enumerate(paths):
-        (out_dir / f"shard-{index:05d}.tmp").rename(path)
-    (out_dir / "features.json").write_text(json.dumps(FEATURES, indent=4) + "\n", encoding="utf-8")
-    info = {
-        "name": DATASET_NAME,
-        "version": VERSION,
-        "description": "Validated EasyR1-schema rows and their images (staged_vlm_jax.data.array_record).",
-        "fileFormat": "array_record",
-        # TFDS's DatasetInfo JSON writes int64 fields as strings.
-        "splits": [
-            {
-                "name": SPLIT,
-                "numBytes": str(sum(path.stat().st_size for path in paths)),
-                "shardLengths": [str(length) for length in lengths],
-                "filepathTemplate": FILEPATH_TEMPLATE,
-            }
-        ],
-    }
-    (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return out_dir
+    if not examples:
+        raise ValueError("no examples to write")
+    builder = _RowsBuilder(examples, data_dir=check_empty(out_dir))
+    config = tfds.download.DownloadConfig(num_shards=math.ceil(len(examples) / shard_size))
+    # tfds prints its "Downloading and preparing" lines on stdout, which carries the CLI's summary; there is no
+    # download, so tfds' download folder is a temporary one rather than out_dir/downloads.
+    with tempfile.TemporaryDirectory() as downloads, contextlib.redirect_stdout(sys.stderr):
+        builder.download_and_prepare(download_dir=downloads, download_config=config)
+    return builder
 
 
-def _split(out_dir: Path) -> tuple[str, list[int]]:
-    """(data set name, shard lengths) from ``dataset_info.json``, once ``features.json`` shows the records are ours."""
+def _builder(path: epath.Path) -> tfds.core.DatasetBuilder:
+    """The builder of a converted directory (``path`` being `write_array_record`'s ``out_dir`` or its builder
+    directory), once its features show the records are ours; `DataError` naming ``path`` otherwise."""
+    builder_dir = path if (path / "dataset_info.json").exists() else path / DATASET_NAME / VERSION
     try:
-        info = json.loads((out_dir / "dataset_info.json").read_text(encoding="utf-8"))
-        features = json.loads((out_dir / "features.json").read_text(encoding="utf-8"))
-        (split,) = (split for split in info["splits"] if split["name"] == SPLIT)
-        lengths = [int(length) for length in split["shardLengths"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        builder = tfds.builder_from_directory(builder_dir)
+    except (OSError, ValueError, json_format.ParseError) as error:
         raise DataError(
-            out_dir,
+            path,
             "file",
-            f"not a converted data set directory (dataset_info.json with a {SPLIT!r} split, features.json: {error!r});"
-            " files are read by extension (.jsonl, .json, .parquet, .tsv)",
+            f"not a converted data set (`staged-vlm data convert` writes a TFDS data_dir holding {DATASET_NAME}/"
+            f"{VERSION}: {error!r}); files are read by extension (.jsonl, .json, .parquet, .tsv)",
             reason="unreadable_file",
         ) from error
-    if features != FEATURES:
+    if SPLIT not in builder.info.splits or builder.info.features.to_json() != FEATURES.to_json():
         raise DataError(
-            out_dir, "file", "features.json is not the one `staged-vlm data convert` writes", reason="unreadable_file"
+            path,
+            "file",
+            f"not the {SPLIT!r} split and features.json that `staged-vlm data convert` writes",
+            reason="unreadable_file",
         )
-    return info["name"], lengths
+    return builder
 
 
-def _shard_paths(out_dir: Path, name: str, count: int) -> list[Path]:
-    return [out_dir / f"{name}-{SPLIT}.array_record-{index:05d}-of-{count:05d}" for index in range(count)]
+def _encoded_source(builder: tfds.core.DatasetBuilder) -> Sequence[dict[str, Any]]:
+    return builder.as_data_source(split=SPLIT, decoders={"images": _KeepEncoded()})
 
 
-def shard_paths(out_dir: str | Path) -> list[Path]:
-    """A converted directory's shard files in record order (what ``grain.sources.ArrayRecordDataSource`` takes)."""
-    name, lengths = _split(Path(out_dir))
-    return _shard_paths(Path(out_dir), name, len(lengths))
+def data_source(out_dir: PathLike) -> Sequence[dict[str, Any]]:
+    """A converted set's rows as tfds' random-access source (``len``, ``[i]``, ``__getitems__``), images left
+    encoded: what ``grain.MapDataset.source`` takes; `example_from_record` makes each row an `Example`."""
+    return _encoded_source(_builder(as_path(out_dir)))
 
 
-def _records(out_dir: Path) -> Iterator[tuple[int, bytes]]:
-    """(0-based index over all shards, raw record): the index is the one Grain's data source uses."""
-    name, lengths = _split(out_dir)
-    row = 0
-    for path, length in zip(_shard_paths(out_dir, name, len(lengths)), lengths, strict=True):
-        reader = ArrayRecordReader(str(path))
-        # A missing or corrupt shard opens as a reader that is not ok (and that raises when closed).
-        if not reader.ok():
-            raise DataError(path, "file", "missing, or not an array_record file", reason="unreadable_file")
-        try:
-            if reader.num_records() != length:
+def _records(path: epath.Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(0-based index over all shards, decoded row): the index is the one `data_source` uses. Rows are read in
+    chunks within each shard, so a shard that is missing, corrupt or shorter than dataset_info.json says is named."""
+    builder = _builder(path)
+    source, split = _encoded_source(builder), builder.info.splits[SPLIT]
+    start = 0
+    for shard, length in zip(split.filepaths, split.shard_lengths, strict=True):
+        for chunk in range(start, start + length, _READ_CHUNK_RECORDS):
+            rows = range(chunk, min(chunk + _READ_CHUNK_RECORDS, start + length))
+            try:
+                records = source.__getitems__(rows)
+            except (RuntimeError, IndexError, DecodeError) as error:  # array_record's reader raises RuntimeError
                 raise DataError(
-                    path,
+                    shard,
                     "file",
-                    f"holds {reader.num_records()} records, dataset_info.json says {length}",
+                    f"cannot read records {rows.start}-{rows.stop - 1}: {error}",
                     reason="unreadable_file",
-                )
-            for start in range(0, length, _READ_CHUNK_RECORDS):
-                for record in reader.read(start, min(start + _READ_CHUNK_RECORDS, length)):
-                    yield row, record
-                    row += 1
-        finally:
-            reader.close()
+                ) from error
+            yield from zip(rows, records, strict=True)
+        start += length
 
 
-def example_from_record(record: bytes, location: RowLocation) -> Example:
-    """One raw record (from `_records` or a Grain data source) -> `Example`, its images lazy `ImageRef` bytes."""
-    try:
-        features = _decode(record)
-        text = {name: value.decode() for name in _TEXT_FIELDS for (value,) in [features[name]]}
-        pass_rate = json.loads(text["pass_rate"])
-        images = tuple(
-            ImageRef(data, location, f"images[{index}]", name.decode())
-            for index, (data, name) in enumerate(zip(features["images"], features["image_names"], strict=True))
-        )
-    except (ValueError, KeyError) as error:
-        raise DataError(location, "row", f"not a valid record ({error!r})", reason="malformed_row") from error
-    return Example(
-        id=text["id"],
-        problem=text["problem"],
-        answer=text["answer"],
-        images=images,
-        capability=text["capability"],
-        pass_rate=pass_rate,
-        location=location,
+def example_from_record(record: dict[str, Any], location: RowLocation) -> Example:
+    """One row of `data_source` -> `Example`, its images lazy `ImageRef` bytes."""
+    text = {name: record[name].decode() for name in _TEXT_FIELDS}
+    pass_rate = float(record["pass_rate"])
+    images = tuple(
+        ImageRef(bytes(data), location, f"images[{index}]", name.decode())
+        for index, (data, name) in enumerate(zip(record["images"], record["image_names"], strict=True))
     )
+    return Example(**text, images=images, pass_rate=None if math.isnan(pass_rate) else pass_rate, location=location)
 
 
-def _build(record: bytes, location: RowLocation, options: ReadOptions) -> Example:
+def _build(record: dict[str, Any], location: RowLocation, options: ReadOptions) -> Example:
     example = example_from_record(record, location)
     if example.capability != options.capability:
         raise DataError(

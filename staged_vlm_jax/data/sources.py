@@ -4,7 +4,9 @@ Every stage's data enters through `read_rows`, which picks a reader by file exte
 reader is two steps: ``records`` lists a file's raw records cheaply (a JSON line, a parquet row, a TSV row) and
 ``build`` turns one record into an `Example`. Only ``build`` can fail for a single row, so under
 ``on_error="skip"`` a bad row is counted and the next one read, while a file that cannot be read at all (not
-JSON, not parquet, no TSV header) always raises. Every failure is a `DataError` naming ``file:row``.
+JSON, not parquet, no TSV header) always raises. Every failure is a `DataError` naming ``file:row``. A
+directory is a data set written by ``staged-vlm data convert``: a TFDS data set, read through tfds by
+`staged_vlm_jax.data.array_record`, which registers its reader.
 
 EasyR1 rows (json, jsonl, parquet) hold ``problem``, ``answer``, ``images`` and optionally ``pass_rate`` and
 ``id`` (other keys are ignored); the key names can be changed as EasyR1's ``data.prompt_key`` /
