@@ -1,9 +1,12 @@
-"""Qwen-VL image preprocessing (smart resize + patchify), bit-compatible with transformers' image processor.
+"""Qwen-VL and InternVL image preprocessing, bit-compatible with transformers' image processors.
 
 The vision towers of Qwen2-VL, Qwen2.5-VL and Qwen3-VL take an image as a flat list of patches plus its patch
 grid. `qwen_preprocess` turns one image into exactly the ``pixel_values`` rows and ``image_grid_thw`` that
 transformers' processor produces, using only NumPy and Pillow, so the data pipeline needs no torch and a model
-trained here sees the same inputs as the HF / vLLM stack it is evaluated or served with.
+trained here sees the same inputs as the HF / vLLM stack it is evaluated or served with. InternVL's processor
+(``GotOcr2ImageProcessor``) cuts an image into 448-px tiles instead; `internvl_preprocess` gives the same tiles with
+the same resize kernels and normalisation below, each tile's patches flattened into rows as Qwen's are, so an image
+is N frames of one tile's grid.
 
 Which HF processor is matched. In transformers 5.24, ``AutoImageProcessor`` / ``AutoProcessor`` map
 ``qwen2_vl``, ``qwen2_5_vl`` and ``qwen3_vl`` to one of two classes with the same settings, picked by backend:
@@ -72,6 +75,19 @@ class QwenImageSettings:
         """`qwen_preprocess` with these settings."""
         return qwen_preprocess(image, **dataclasses.asdict(self), backend=backend)
 
+    def grid(self, height: int, width: int) -> np.ndarray:
+        """The ``grid_thw`` `preprocess` gives a ``height`` x ``width`` image, from the size alone."""
+        factor = self.patch_size * self.merge_size
+        height, width = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+        return np.array([1, height // self.patch_size, width // self.patch_size], dtype=np.int64)
+
+    def with_pixel_limits(self, min_pixels: int, max_pixels: int) -> QwenImageSettings:
+        return dataclasses.replace(self, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    def largest_patches(self, max_pixels: int) -> int:
+        """About the most patches an image of ``max_pixels`` pixels becomes (a bound for sizing programs)."""
+        return max_pixels // self.patch_size**2
+
 
 # Qwen2-VL / Qwen2.5-VL hub configs: min_pixels 3136, max_pixels 12845056 (the class defaults in transformers
 # cap at 28*28*1280 instead; the released checkpoints override that).
@@ -94,12 +110,62 @@ QWEN3_VL = QwenImageSettings(
     image_mean=(0.5, 0.5, 0.5),
     image_std=(0.5, 0.5, 0.5),
 )
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class InternVLImageSettings:
+    """InternVL's image processor, as the InternVL3 / InternVL3.5 HF checkpoints configure it: transformers'
+    ``GotOcr2ImageProcessor`` (``GotOcr2ImageProcessorPil`` without torchvision) with ``crop_to_patches`` (which
+    ``InternVLProcessor`` turns on), tiles of 448 px, 1 to 12 of them plus a thumbnail, ImageNet mean / std, bicubic.
+
+    An image of N tiles becomes N frames of a (tile / patch)² patch grid, ``grid_thw`` (N, 32, 32), with the patches
+    of each tile flattened as the Qwen processors flatten theirs (`internvl_preprocess`): to the model's tower a tile is
+    one frame, and to batching and the data screen it is an image of 1024 patches like any other.
+    """
+
+    tile_size: int = 448
+    patch_size: int = 14
+    merge_size: int = 2
+    min_tiles: int = 1
+    max_tiles: int = 12
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+
+    def preprocess(
+        self, image: np.ndarray | Image.Image, *, backend: Backend = "auto"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`internvl_preprocess` with these settings."""
+        return internvl_preprocess(image, **dataclasses.asdict(self), backend=backend)
+
+    def grid(self, height: int, width: int) -> np.ndarray:
+        """The ``grid_thw`` `preprocess` gives a ``height`` x ``width`` image, from the size alone: the tiles of its
+        canvas (`tile_canvas`), plus the thumbnail when there are several."""
+        columns, rows = tile_canvas(height, width, self.tile_size, self.min_tiles, self.max_tiles)
+        side = self.tile_size // self.patch_size
+        return np.array([columns * rows + (columns * rows > 1), side, side], dtype=np.int64)
+
+    def largest_patches(self, max_pixels: int) -> int:
+        """The most patches any image becomes, pixels regardless: the most tiles, and the thumbnail."""
+        return (self.max_tiles + (self.max_tiles > 1)) * (self.tile_size // self.patch_size) ** 2
+
+    def with_pixel_limits(self, min_pixels: int, max_pixels: int) -> InternVLImageSettings:
+        raise ValueError(
+            "InternVL's processor tiles an image by its aspect ratio and has no pixel limits to set; use "
+            "data.image_resize 'easyr1' (the paper's pre-resize into [min_pixels, max_pixels])"
+        )
+
+
+INTERNVL = InternVLImageSettings()
+ImageSettings = QwenImageSettings | InternVLImageSettings
 # By HF ``model_type``.
-SETTINGS: dict[str, QwenImageSettings] = {
+SETTINGS: dict[str, ImageSettings] = {
     "qwen2_vl": QWEN2_VL,
     "qwen2_5_vl": QWEN2_VL,
     "qwen3_vl": QWEN3_VL,
     "qwen3_vl_moe": QWEN3_VL,
+    "internvl": INTERNVL,
 }
 
 
@@ -330,7 +396,7 @@ class ImageInputs:
     """How a row's images become model inputs: EasyR1's pre-resize into ``pre_resize`` (min, max) pixels when set
     (`easyr1_resize`, applied as the file is decoded), then the processor ``settings`` with ``backend``'s kernel."""
 
-    settings: QwenImageSettings = QWEN2_VL
+    settings: ImageSettings = QWEN2_VL
     backend: Backend = "auto"
     pre_resize: tuple[int, int] | None = None
 
@@ -343,20 +409,15 @@ class ImageInputs:
         Raises ValueError where `preprocess` would."""
         if self.pre_resize is not None:
             width, height = easyr1_size(width, height, *self.pre_resize)
-        settings = self.settings
-        factor = settings.patch_size * settings.merge_size
-        height, width = smart_resize(height, width, factor, settings.min_pixels, settings.max_pixels)
-        return np.array([1, height // settings.patch_size, width // settings.patch_size], dtype=np.int64)
+        return self.settings.grid(height, width)
 
 
 # ``data.image_resize``: where a run's [min_pixels, max_pixels] apply. "easyr1" (the paper's path): EasyR1's
 # pre-resize into them, then the processor with its checkpoint's own limits; "processor": the processor's
 # `smart_resize` straight into them (what a plain HF pipeline with those limits does).
-IMAGE_RESIZES: dict[str, Callable[[QwenImageSettings, int, int, Backend], ImageInputs]] = {
+IMAGE_RESIZES: dict[str, Callable[[ImageSettings, int, int, Backend], ImageInputs]] = {
     "easyr1": lambda settings, low, high, backend: ImageInputs(settings, backend, (low, high)),
-    "processor": lambda settings, low, high, backend: ImageInputs(
-        dataclasses.replace(settings, min_pixels=low, max_pixels=high), backend
-    ),
+    "processor": lambda settings, low, high, backend: ImageInputs(settings.with_pixel_limits(low, high), backend),
 }
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
@@ -422,21 +483,84 @@ def qwen_preprocess(
     backend = resolve_backend(backend)
     rgb = to_rgb(image, backend)
     height, width = smart_resize(rgb.shape[0], rgb.shape[1], patch_size * merge_size, min_pixels, max_pixels)
-    resized = RESIZE[backend](rgb, height, width)
-    table = NORMALIZATION_TABLE[backend](image_mean, image_std)
+    normalized = _normalize(RESIZE[backend](rgb, height, width), backend, image_mean, image_std)
+    pixel_values = _patchify(normalized, patch_size, merge_size, temporal_patch_size)
+    return pixel_values, np.array([1, height // patch_size, width // patch_size], dtype=np.int64)
 
+
+def _normalize(resized: np.ndarray, backend: str, image_mean: Sequence[float], image_std: Sequence[float]):
+    """uint8 [..., 3] -> float32 ``(x / 255 - mean) / std`` by ``backend``'s arithmetic (a table lookup)."""
+    table = NORMALIZATION_TABLE[backend](image_mean, image_std)
     normalized = np.empty(resized.shape, np.float32)
     for channel in range(3):
         normalized[..., channel] = table[channel][resized[..., channel]]
+    return normalized
 
+
+def _patchify(normalized: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int) -> np.ndarray:
+    """float32 [..., H, W, 3] -> rows [..., (H/P)·(W/P), 3·T·P·P] in HF's merge-block-major order (see
+    `qwen_preprocess`), each value written ``temporal_patch_size`` times."""
+    *lead, height, width, _ = normalized.shape
     grid_h, grid_w = height // patch_size, width // patch_size
     patches = normalized.reshape(
-        grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size, 3
+        *lead, grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size, 3
     )
-    patches = patches.transpose(0, 3, 1, 4, 6, 2, 5)  # [h/m, w/m, m, m, C, P, P]
+    axes = [len(lead) + axis for axis in (0, 3, 1, 4, 6, 2, 5)]  # [h/m, w/m, m, m, C, P, P]
+    patches = patches.transpose(*range(len(lead)), *axes)
     # The temporal copies are a broadcast; the final reshape writes each value temporal_patch_size times.
-    patches = np.broadcast_to(
-        patches[:, :, :, :, :, None], (*patches.shape[:5], temporal_patch_size, *patches.shape[5:])
-    )
-    pixel_values = patches.reshape(grid_h * grid_w, 3 * temporal_patch_size * patch_size**2)
-    return pixel_values, np.array([1, grid_h, grid_w], dtype=np.int64)
+    patches = np.broadcast_to(patches[..., None, :, :], (*patches.shape[:-2], temporal_patch_size, *patches.shape[-2:]))
+    return patches.reshape(*lead, grid_h * grid_w, 3 * temporal_patch_size * patch_size**2)
+
+
+@functools.cache
+def tile_canvas(height: int, width: int, tile_size: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """(columns, rows) of tiles for a ``height`` x ``width`` image: transformers' ``get_optimal_tiled_canvas``. The
+    arrangements of ``min_tiles`` to ``max_tiles`` tiles are tried fewest tiles first; the closest aspect ratio wins,
+    and on a tie the one with more tiles, while the image's area exceeds half of theirs."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image must have a positive height and width, got {height}x{width}")
+    grids = [(columns, rows) for columns in range(1, max_tiles + 1) for rows in range(1, max_tiles + 1)
+             if min_tiles <= columns * rows <= max_tiles]  # fmt: skip
+    aspect_ratio, area = width / height, width * height
+    best, best_difference = (1, 1), float("inf")
+    for columns, rows in sorted(grids, key=lambda grid: grid[0] * grid[1]):
+        difference = abs(aspect_ratio - columns / rows)
+        if difference < best_difference:
+            best, best_difference = (columns, rows), difference
+        elif difference == best_difference and area > 0.5 * tile_size * tile_size * columns * rows:
+            best = (columns, rows)
+    return best
+
+
+def internvl_preprocess(
+    image: np.ndarray | Image.Image,
+    tile_size: int = INTERNVL.tile_size,
+    patch_size: int = INTERNVL.patch_size,
+    merge_size: int = INTERNVL.merge_size,
+    min_tiles: int = INTERNVL.min_tiles,
+    max_tiles: int = INTERNVL.max_tiles,
+    image_mean: Sequence[float] = INTERNVL.image_mean,
+    image_std: Sequence[float] = INTERNVL.image_std,
+    *,
+    backend: Backend = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image -> (pixel_values float32 [N·(tile/patch)², 3·P·P], grid_thw int64 (N, tile/patch, tile/patch)), the
+    N tiles of transformers' InternVL processor (``GotOcr2ImageProcessor``'s ``crop_image_to_patches``) flattened.
+
+    RGB conversion as `to_rgb`; the image resized (bicubic, ``backend``'s kernel as in `qwen_preprocess`) to a canvas
+    of `tile_canvas` tiles and cut into them row by row; when there are several, a thumbnail (the whole image resized
+    to one tile) follows; then ``(x / 255 - mean) / std`` and each tile's patches in merge-block-major order (a tile
+    is a frame, ``temporal_patch_size`` 1). Raises ValueError for a non-uint8 or wrongly shaped array or an empty
+    image.
+    """
+    backend = resolve_backend(backend)
+    rgb = to_rgb(image, backend)
+    columns, rows = tile_canvas(rgb.shape[0], rgb.shape[1], tile_size, min_tiles, max_tiles)
+    canvas = RESIZE[backend](rgb, rows * tile_size, columns * tile_size)
+    tiles = canvas.reshape(rows, tile_size, columns, tile_size, 3).transpose(0, 2, 1, 3, 4)
+    tiles = tiles.reshape(rows * columns, tile_size, tile_size, 3)
+    if rows * columns > 1:
+        tiles = np.concatenate([tiles, RESIZE[backend](rgb, tile_size, tile_size)[None]])
+    pixel_values = _patchify(_normalize(tiles, backend, image_mean, image_std), patch_size, merge_size, 1)
+    side = tile_size // patch_size
+    return pixel_values.reshape(-1, pixel_values.shape[-1]), np.array([len(tiles), side, side], dtype=np.int64)

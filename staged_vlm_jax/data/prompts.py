@@ -1,8 +1,9 @@
-"""Prompt token ids for RL and evaluation, built the way EasyR1 builds them for Qwen2.5-VL.
+"""Prompt token ids for RL and evaluation, built the way EasyR1 builds them with the model's HF processor.
 
 The paper trains with EasyR1, so the prompt a policy sees is fixed by three things reproduced here: the
 think/boxed format instruction appended to the user turn (`FORMAT_INSTRUCTION`), the model's own chat template,
-and the Qwen processor's expansion of each image's single ``<|image_pad|>`` into one pad per merged image feature.
+and the processor's expansion of each image's single placeholder into one per merged image feature (Qwen-VL's
+``<|image_pad|>``; InternVL's ``<IMG_CONTEXT>``, wrapped in ``<img>`` … ``</img>``).
 A prompt whose pad count disagrees with its images would silently misalign vision features at training time, so
 `build_prompt` checks it and names the problem. Over-long prompts are dropped at start-up by the data screen
 (`screen.DataScreen`), as EasyR1's ``filter_overlong_prompts`` does.
@@ -93,12 +94,26 @@ def build_messages(
 
 
 def image_token_id(tokenizer: PreTrainedTokenizerFast) -> int:
-    """The id of the image pad token, found as Qwen2.5-VL's processor finds it (``tokenizer.image_token`` or
-    ``<|image_pad|>``). Raises ValueError if the tokenizer's vocabulary lacks it."""
-    token = getattr(tokenizer, "image_token", None) or IMAGE_PAD
+    """The id of the image placeholder token, which the chat template writes once per image and the processor
+    repeats once per image feature, found as each family's processor finds it: InternVL's names it
+    ``tokenizer.context_image_token`` (``<IMG_CONTEXT>``), Qwen-VL's ``tokenizer.image_token`` or ``<|image_pad|>``.
+    Raises ValueError if the tokenizer's vocabulary lacks it."""
+    token = getattr(tokenizer, "context_image_token", None) or getattr(tokenizer, "image_token", None) or IMAGE_PAD
+    return _token_id(tokenizer, token)
+
+
+def image_delimiters(tokenizer: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
+    """The ids the processor puts before and after each image's run of placeholders: InternVL's ``<img>`` and
+    ``</img>`` (``tokenizer.start_image_token`` / ``end_image_token``, as InternVLProcessor reads them); none for
+    Qwen-VL, whose chat template writes its delimiters itself."""
+    start, end = (getattr(tokenizer, name, None) for name in ("start_image_token", "end_image_token"))
+    return [_token_id(tokenizer, start)] if start else [], [_token_id(tokenizer, end)] if end else []
+
+
+def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer ({tokenizer.name_or_path!r}) has no {token} token; is it a Qwen-VL tokenizer?")
+        raise ValueError(f"the tokenizer ({tokenizer.name_or_path!r}) has no {token} token; is it a VLM's tokenizer?")
     return token_id
 
 
@@ -134,9 +149,11 @@ def build_prompt(
 ) -> list[int]:
     """Prompt token ids for ``problem`` with one image per ``grid_thw`` in ``grids``, ending in the assistant header.
 
-    As EasyR1 with Hugging Face's Qwen2.5-VL processor: `build_messages`; the tokenizer's chat template with
-    ``add_generation_prompt=True``; tokenization without added special tokens; then the i-th ``<|image_pad|>`` is
-    repeated t·h·w / merge_size² times for the i-th grid. The result equals the processor's ``input_ids``.
+    As EasyR1 with Hugging Face's processor: `build_messages`; the tokenizer's chat template with
+    ``add_generation_prompt=True``; tokenization without added special tokens; then the i-th image placeholder
+    (`image_token_id`: Qwen-VL's ``<|image_pad|>``, InternVL's ``<IMG_CONTEXT>``) is repeated t·h·w / merge_size²
+    times for the i-th grid, between the family's `image_delimiters` (InternVL's ``<img>`` … ``</img>``). The result
+    equals the processor's ``input_ids``.
     Raises `ImageTokenMismatchError` naming ``problem_id`` if the placeholders and images do not pair up.
     """
     messages = build_messages(
@@ -155,17 +172,18 @@ def chat_prompt(
 ) -> list[int]:
     """Prompt token ids of chat ``messages`` (``{"type": "image"}`` content entries in the order of ``grids``),
     ending in the assistant header: the tokenizer's chat template with ``add_generation_prompt=True``, tokenized
-    without added special tokens, the i-th ``<|image_pad|>`` repeated t·h·w / merge_size² times for the i-th grid
-    (`build_prompt` for a training row, the server for a conversation). Raises `ImageTokenMismatchError` naming
-    ``problem_id`` if placeholders and images do not pair up."""
+    without added special tokens, the i-th image placeholder repeated t·h·w / merge_size² times for the i-th grid
+    between the `image_delimiters` (`build_prompt` for a training row, the server for a conversation). Raises
+    `ImageTokenMismatchError` naming ``problem_id`` if placeholders and images do not pair up."""
     counts = image_feature_counts(grids, merge_size, problem_id)
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     pad = image_token_id(tokenizer)
+    start, end = image_delimiters(tokenizer)
     ids: list[int] = []
     image = 0
     for token in tokenizer.encode(text, add_special_tokens=False):
         if token == pad and image < len(counts):
-            ids.extend([pad] * counts[image])
+            ids.extend([*start, *[pad] * counts[image], *end])
             image += 1
         else:  # text, or a pad beyond the last grid (left single so the check below reports it)
             ids.append(token)

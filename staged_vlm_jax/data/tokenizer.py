@@ -3,13 +3,14 @@
 Real runs tokenize with exactly what the checkpoint ships (`load_tokenizer`), so prompts, special tokens and the chat
 template are the ones the model was trained with. Tests and the CPU demo cannot download anything, so
 `build_tiny_tokenizer` trains a small byte-level BPE with the ``tokenizers`` package and saves it as a Hugging Face
-tokenizer directory that behaves like Qwen2.5-VL's: the same pre-tokenizer and class (``Qwen2Tokenizer``), the same
-special tokens and the same chat template, with the special tokens at the top of the vocabulary where
-`staged_vlm_jax.models.tiny_config` expects them.
+tokenizer directory that behaves like Qwen2.5-VL's (or InternVL's, `TINY_LAYOUTS`): the same pre-tokenizer and class
+(``Qwen2Tokenizer``), the same special tokens and the same chat template, with the special tokens at the top of the
+vocabulary where `staged_vlm_jax.models.tiny_config` expects them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable
@@ -33,6 +34,12 @@ VIDEO_PAD = "<|video_pad|>"
 # im_end = eos 507, endoftext = pad 506, im_start 505 for V = 512). Everything below is the trained BPE.
 TINY_SPECIAL_TOKENS = (IM_START, ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)
 
+# InternVL's image tokens (InternVL3-hf and InternVL3_5-HF tokenizers; the processor finds them by these names).
+IMG_START = "<img>"
+IMG_END = "</img>"
+IMG_CONTEXT = "<IMG_CONTEXT>"
+VIDEO = "<video>"
+
 # Qwen2-VL / Qwen2.5-VL's chat template, verbatim from the Qwen2.5-VL-Instruct checkpoints' tokenizer_config.json
 # and chat_template.json: a default system turn, one <|vision_start|><|image_pad|><|vision_end|> per image (the
 # processor expands the pad afterwards), and "<|im_start|>assistant\n" as the generation prompt.
@@ -50,6 +57,43 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# InternVL's HF chat template (transformers' convert_internvl_weights_to_hf.py writes it into the -hf checkpoints): no
+# default system turn, "<IMG_CONTEXT>\n" per image (the processor expands it to <img>, 256 per tile, </img>).
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}"
+    "{{ '<video>\n' }}{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyLayout:
+    """A tiny tokenizer's special tokens (appended in order at the top of the vocabulary), the extra special ones
+    its checkpoints list, those a family's processor reads off the tokenizer by name, and its chat template."""
+
+    special_tokens: tuple[str, ...]
+    extra_special_tokens: tuple[str, ...]
+    named_tokens: dict[str, str]
+    chat_template: str
+
+
+_QWEN_LAYOUT = TinyLayout(TINY_SPECIAL_TOKENS, (IM_START, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD), {},
+                          QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+# The named tokens first, in their order (the tokenizer's constructor adds them ahead of the rest): <IMG_CONTEXT>
+# takes <|image_pad|>'s id (four below the top), eos (<|im_end|>) the top id and pad the one below.
+_INTERNVL_LAYOUT = TinyLayout(
+    (IMG_START, IMG_END, VIDEO, IMG_CONTEXT, IM_START, ENDOFTEXT, IM_END),
+    (IM_START,),
+    {"start_image_token": IMG_START, "end_image_token": IMG_END, "video_token": VIDEO,
+     "context_image_token": IMG_CONTEXT},
+    INTERNVL_CHAT_TEMPLATE,
+)  # fmt: skip
+# By model family (registry name).
+TINY_LAYOUTS = {"qwen2_5_vl": _QWEN_LAYOUT, "qwen3_vl": _QWEN_LAYOUT, "internvl": _INTERNVL_LAYOUT}
 
 
 def _arithmetic_lines() -> list[str]:
@@ -118,24 +162,29 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
 
 
 def build_tiny_tokenizer(
-    out_dir: str | os.PathLike, vocab_size: int = 512, corpus: Iterable[str] = DEFAULT_CORPUS
+    out_dir: str | os.PathLike,
+    vocab_size: int = 512,
+    corpus: Iterable[str] = DEFAULT_CORPUS,
+    family: str = "qwen2_5_vl",
 ) -> PreTrainedTokenizerFast:
     """Trains a byte-level BPE of ``vocab_size`` ids on ``corpus``, saves it to ``out_dir`` and loads it back.
 
     The saved directory is a ``Qwen2Tokenizer`` (Qwen's NFC normalizer, digit-splitting pre-tokenizer and
-    byte-level decoder, so any text round-trips) with Qwen2.5-VL's special tokens and chat template. The special
-    tokens take the top seven ids in the order of `TINY_SPECIAL_TOKENS`; eos is ``<|im_end|>`` and pad
-    ``<|endoftext|>``, as in the real checkpoint. Training is deterministic for a given corpus.
+    byte-level decoder, so any text round-trips) with the special tokens and chat template of ``family``'s
+    checkpoints (`TINY_LAYOUTS`: Qwen2.5-VL's for the Qwen families, InternVL's). The special tokens take the top
+    seven ids in the layout's order (`TINY_SPECIAL_TOKENS` for Qwen); eos is ``<|im_end|>`` and pad
+    ``<|endoftext|>``, as in the real checkpoints. Training is deterministic for a given corpus.
 
     Raises ValueError if ``vocab_size`` cannot hold the 256 byte tokens plus the special tokens, or if ``corpus``
     has too few distinct words to learn ``vocab_size - 7`` tokens (the special-token ids would then move).
     """
-    bpe_size = vocab_size - len(TINY_SPECIAL_TOKENS)
+    layout = TINY_LAYOUTS[family]
+    bpe_size = vocab_size - len(layout.special_tokens)
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
     if bpe_size < len(byte_alphabet):
         raise ValueError(
             f"vocab_size {vocab_size} is too small: it must hold {len(byte_alphabet)} byte tokens and "
-            f"{len(TINY_SPECIAL_TOKENS)} special tokens"
+            f"{len(layout.special_tokens)} special tokens"
         )
     # Train with the pre-tokenization Qwen2Tokenizer itself uses, so the merges fit what loading rebuilds.
     pipeline = Qwen2Tokenizer(vocab={}, merges=[], unk_token=None, eos_token=None, pad_token=None).backend_tokenizer
@@ -147,7 +196,7 @@ def build_tiny_tokenizer(
     if trainer_tokenizer.get_vocab_size() != bpe_size:
         raise ValueError(
             f"the corpus yields only {trainer_tokenizer.get_vocab_size()} BPE tokens, but vocab_size {vocab_size} "
-            f"needs {bpe_size} below the {len(TINY_SPECIAL_TOKENS)} special tokens; give a larger, more varied corpus"
+            f"needs {bpe_size} below the {len(layout.special_tokens)} special tokens; give a larger, more varied corpus"
         )
     model = json.loads(trainer_tokenizer.to_str())["model"]
     tokenizer = Qwen2Tokenizer(
@@ -156,17 +205,14 @@ def build_tiny_tokenizer(
         unk_token=None,
         eos_token=None,
         pad_token=None,
+        extra_special_tokens=layout.named_tokens or None,  # tokenizer.context_image_token, ... (InternVL's)
     )
     # Appended in order, so they get ids bpe_size .. vocab_size - 1.
-    tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in TINY_SPECIAL_TOKENS])
+    tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in layout.special_tokens])
     tokenizer.add_special_tokens(
-        {
-            "eos_token": IM_END,
-            "pad_token": ENDOFTEXT,
-            "extra_special_tokens": [IM_START, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD],
-        }
+        {"eos_token": IM_END, "pad_token": ENDOFTEXT, "extra_special_tokens": list(layout.extra_special_tokens)}
     )
-    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    tokenizer.chat_template = layout.chat_template
     with paths.staged_output(out_dir) as local:
         tokenizer.save_pretrained(os.fspath(local))
     return load_tokenizer(out_dir)

@@ -191,7 +191,8 @@ def mrope_cos_sin(
     one position axis; the half is then duplicated, as in HF's ``recomposition_frequencies``. Contiguous (Qwen2-VL):
     the bands are cut into runs by ``mrope_section`` and run i reads axis i % 3. Interleaved (Qwen3-VL): band j reads
     axis j % 3 (T, H, W, T, H, W, ...) while j < 3 · mrope_section[j % 3], and T beyond, so every axis spans low to
-    high frequencies. Returns cos, sin of shape [B, T, head_dim] in ``dtype``.
+    high frequencies. A single section (every band reads axis 0; ``positions`` may then be [1, B, T]) is plain 1-D
+    RoPE, InternVL's. Returns cos, sin of shape [B, T, head_dim] in ``dtype``.
     """
     if sum(mrope_section) != inv_freq.shape[0]:
         raise ValueError(f"mrope_section {list(mrope_section)} must sum to head_dim/2 = {inv_freq.shape[0]}")

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from staged_vlm_jax.models import qwen2_5_vl, qwen3_vl
+from staged_vlm_jax.models import internvl, qwen2_5_vl, qwen3_vl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,18 @@ def _conv3d_patch_embed(name: str) -> Callable[[Any], dict[str, tuple[int, ...]]
     return shapes
 
 
+def _internvl_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """InternViT's Conv2d patch kernel [out, C, P, P], and its class token and position table with HF's leading
+    batch axis of 1."""
+    v, tower = cfg.vision, "model.vision_tower.embeddings."
+    positions = (v.image_size // v.patch_size) ** 2 + 1
+    return {
+        tower + "patch_embeddings.projection.weight": (v.hidden_size, v.in_channels, v.patch_size, v.patch_size),
+        tower + "cls_token": (1, 1, v.hidden_size),
+        tower + "position_embeddings": (1, positions, v.hidden_size),
+    }
+
+
 FAMILIES: dict[str, ModelFamily] = {
     "qwen2_5_vl": ModelFamily(
         name="qwen2_5_vl",
@@ -78,6 +90,31 @@ FAMILIES: dict[str, ModelFamily] = {
             (r"\.fc([12])\.", r".linear_fc\1."),
         ),
         hf_shapes=_conv3d_patch_embed("model.visual.patch_embed.proj.weight"),
+        stacked_layers=("language_model.layers", "visual.blocks"),
+    ),
+    # InternVL3 and InternVL3.5 (the decoder is read from text_config.model_type). Transformers 5 names the parts
+    # model.{vision_tower, multi_modal_projector, language_model}; the vision blocks' parameters carry HF's names
+    # here already. Checkpoints written by transformers 4.x without the "model." level load too.
+    "internvl": ModelFamily(
+        name="internvl",
+        config_cls=internvl.InternVLConfig,
+        model_cls=internvl.InternVL,
+        tiny_config=internvl.tiny_config,
+        hf_renames=(
+            (r"^language_model\.", "model.language_model."),
+            (r"^visual\.patch_embed\.", "model.vision_tower.embeddings.patch_embeddings.projection."),
+            (r"^visual\.(cls_token|position_embeddings)$", r"model.vision_tower.embeddings.\1"),
+            (r"^visual\.blocks\.", "model.vision_tower.encoder.layer."),
+            (r"^visual\.merger\.fc([12])\.", r"model.multi_modal_projector.linear_\1."),
+            (r"^visual\.merger\.", "model.multi_modal_projector."),
+        ),
+        hf_aliases=(
+            ("language_model.model.", "model.language_model."),
+            ("language_model.lm_head.", "lm_head."),
+            ("vision_tower.", "model.vision_tower."),
+            ("multi_modal_projector.", "model.multi_modal_projector."),
+        ),
+        hf_shapes=_internvl_shapes,
         stacked_layers=("language_model.layers", "visual.blocks"),
     ),
 }

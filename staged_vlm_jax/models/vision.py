@@ -3,7 +3,9 @@
 `VisionTransformer` is Qwen2.5-VL's (RMSNorm, gated MLPs, windowed attention but in a few full-attention blocks);
 `DeepStackVisionTransformer` is Qwen3-VL's (LayerNorm, plain MLPs, full attention per frame, learned position
 embeddings resampled to each image's grid, and DeepStack: the outputs of a few intermediate blocks through mergers
-of their own). Both share the blocks, attention, rotary embedding, merger and layout.
+of their own). Both share the blocks, attention, rotary embedding, merger and layout. `InternVisionTransformer` is
+InternVL's InternViT: whole 448-px tiles, each attended on its own with a class token and learned positions, layer
+scale, and a pixel-shuffle projector in place of the merger; it shares the row batching and the attention kernel.
 
 The HF implementation builds its window permutation and attention segments with Python loops over
 ``grid_thw``. Here `vision_layout` computes the same permutation with array ops whose shapes depend only on the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from staged_vlm_jax.models.layers import (
@@ -28,6 +31,7 @@ from staged_vlm_jax.models.layers import (
     apply_rotary,
     dot_product_attention,
     layer_range,
+    param,
     rotary_inv_freq,
     scan_layers,
     stack_layers,
@@ -355,3 +359,120 @@ class DeepStackVisionTransformer(VisionTransformer):
         if start < cfg.depth:
             x, _ = scan_layers(layer_range(self.blocks, start, cfg.depth), body, x, None)
         return jnp.concatenate([self.merger(x), *levels], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# InternViT (InternVL): whole tiles of 448 px, a class token and learned positions per tile, layer scale, and a
+# pixel-shuffle projector in place of the merger.
+
+
+def merge_block_order(side: int, merge_size: int) -> np.ndarray:
+    """The row-major index of each patch of a side x side grid, in the processor's merge-block-major order (each
+    m x m block of neighbouring patches contiguous, blocks row-major): where each flattened patch row of a tile
+    sits in the tower's row-major position table."""
+    index = np.arange(side * side).reshape(side // merge_size, merge_size, side // merge_size, merge_size)
+    return index.transpose(0, 2, 1, 3).reshape(-1)
+
+
+class TileAttention(nnx.Module):
+    """InternViT's bidirectional attention over each tile's tokens (class token and patches), tiles independent:
+    separate q/k/v projections (HF's layout), optional RMSNorm over the whole q and k width (InternViT-6B's
+    ``use_qk_norm``; the 300M tower of the 8B models has none), no rotary embedding."""
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool, qk_norm: bool, dtype, rngs):
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        linear = lambda bias: Linear(dim, dim, axes=("vision_embed", "vision_heads"), use_bias=bias, dtype=dtype,
+                                     rngs=rngs)  # fmt: skip
+        self.q_proj, self.k_proj, self.v_proj = linear(qkv_bias), linear(qkv_bias), linear(qkv_bias)
+        self.projection_layer = Linear(dim, dim, axes=("vision_heads", "vision_embed"), use_bias=True, dtype=dtype,
+                                       rngs=rngs)  # fmt: skip
+        norm = lambda: RMSNorm(dim, eps=1e-6, dtype=dtype) if qk_norm else None
+        self.q_norm, self.k_norm = norm(), norm()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [tiles, S, D] -> [tiles, S, D]."""
+        b, s, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        heads = lambda t: t.reshape(b, s, self.num_heads, self.head_dim)
+        heads_major = lambda t: heads(t).transpose(0, 2, 1, 3)  # [tiles, H, S, hd], the kernel's k/v layout
+        everything = lambda queries: jnp.ones((1, queries.shape[0], s), bool)  # a tile attends all of itself
+        out = dot_product_attention(heads(q), heads_major(k), heads_major(v), everything, self.head_dim**-0.5)
+        return self.projection_layer(out.reshape(b, s, -1))
+
+
+class LayerScaleBlock(nnx.Module):
+    """InternViT's pre-norm block: x + λ1 · attention(norm(x)), then x + λ2 · mlp(norm(x)); LayerNorm or RMSNorm
+    per ``norm_type``. Parameter names are HF's, so the checkpoint needs no renames inside a block."""
+
+    def __init__(self, cfg, *, dtype, rngs):
+        dim = cfg.hidden_size
+        norm = {"layer_norm": LayerNorm, "rms_norm": RMSNorm}[cfg.norm_type]
+        self.layernorm_before = norm(dim, eps=cfg.layer_norm_eps, dtype=dtype)
+        self.attention = TileAttention(dim, cfg.num_attention_heads, qkv_bias=cfg.attention_bias,
+                                       qk_norm=cfg.use_qk_norm, dtype=dtype, rngs=rngs)  # fmt: skip
+        self.layernorm_after = norm(dim, eps=cfg.layer_norm_eps, dtype=dtype)
+        axes = ("vision_embed", "vision_mlp", "vision_embed")
+        self.mlp = MLP(dim, cfg.intermediate_size, dim, act=cfg.hidden_act, use_bias=True, axes=axes, dtype=dtype,
+                       rngs=rngs)  # fmt: skip
+        scale = lambda: nnx.Param(jnp.full((dim,), cfg.layer_scale_init_value, dtype), logical_axes=("norm",))
+        self.lambda_1, self.lambda_2 = scale(), scale()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.lambda_1[...] * self.attention(self.layernorm_before(x))
+        return x + self.lambda_2[...] * self.mlp(self.layernorm_after(x))
+
+
+class PixelShuffleProjector(MLP):
+    """InternVL's ``multi_modal_projector`` after its pixel shuffle (downsample ratio 1/m): each m x m block of patch
+    features concatenated (row by row, as HF's shuffle orders them), LayerNorm (torch's default eps 1e-5), then
+    Linear -> activation -> Linear to the LLM width. The blocks arrive contiguous (merge-block-major patches), so
+    the shuffle is a reshape, as the Qwen mergers' is."""
+
+    def __init__(self, dim: int, out_dim: int, merge_size: int, *, act: str, dtype, rngs):
+        merged = dim * merge_size * merge_size
+        self.layer_norm = LayerNorm(merged, eps=1e-5, dtype=dtype)
+        axes = ("vision_merged", "vision_mlp", "embed")
+        super().__init__(merged, out_dim, out_dim, act=act, use_bias=True, axes=axes, dtype=dtype, rngs=rngs)
+        self.merged = merged
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return super().__call__(self.layer_norm(x.reshape(-1, self.merged)))
+
+
+class InternVisionTransformer(VisionTransformer):
+    """InternViT and InternVL's projector: flattened patches [N, C·P·P] of whole tiles (N/T patches each, T =
+    (image_size / patch_size)², merge-block-major as the processor emits them) + grid_thw (tiles, side, side) per
+    image -> [N / m², out_dim]. Packed or per row as `VisionTransformer` (whose row batching this reuses).
+
+    Every tile is an image of its own to the tower (HF runs the tiles as a batch): a class token and the learned
+    position table (no interpolation: tiles always have the table's size) are added per tile, and attention never
+    crosses tiles. So the grids only say how many tiles there are, which the patch count already does; padding
+    patches form tiles of their own whose features are never read."""
+
+    def __init__(self, cfg, *, dtype, rngs):
+        self.cfg = cfg
+        dim, side = cfg.hidden_size, cfg.image_size // cfg.patch_size
+        patch_dim = cfg.in_channels * cfg.patch_size**2
+        self.patch_embed = Linear(patch_dim, dim, axes=("vision_patch", "vision_embed"), use_bias=True, dtype=dtype,
+                                  rngs=rngs)  # fmt: skip
+        self.cls_token = param(rngs, (dim,), dtype, ("vision_embed",))
+        self.position_embeddings = param(rngs, (side * side + 1, dim), dtype, (None, "vision_embed"))
+        self.blocks = stack_layers(lambda: LayerScaleBlock(cfg, dtype=dtype, rngs=rngs), cfg.num_hidden_layers)
+        self.merger = PixelShuffleProjector(dim, cfg.out_hidden_size, cfg.spatial_merge_size,
+                                            act=cfg.projector_hidden_act, dtype=dtype, rngs=rngs)  # fmt: skip
+
+    def _encode(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        n, side, merge = pixel_values.shape[0], cfg.image_size // cfg.patch_size, cfg.spatial_merge_size
+        tile = side * side
+        tiles = -(-n // tile)
+        pixels = jnp.pad(pixel_values, ((0, tiles * tile - n), (0, 0)))
+        x = self.patch_embed(pixels.astype(self.patch_embed.kernel.dtype)).reshape(tiles, tile, -1)
+        table = self.position_embeddings[...]
+        x = x + table[1 + merge_block_order(side, merge)]
+        cls = jnp.broadcast_to(self.cls_token[...] + table[0], (tiles, 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1)
+        x, _ = scan_layers(self.blocks, lambda x, scanned: (scanned[0](x), None), x, None)
+        return self.merger(x[:, 1:])[: n // (merge * merge)]

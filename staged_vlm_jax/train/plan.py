@@ -247,11 +247,11 @@ class Flops:
 
 
 def _largest_image_patches(spec: config_lib.RunSpec, model_cfg) -> int:
-    """Patches of the largest image one prompt can hold: ``max_pixels``, or as many as ``max_prompt_length``
-    image tokens cover (a larger image makes the prompt over-long, and it is dropped)."""
-    vision = model_cfg.vision
-    by_pixels = spec.data.max_pixels // vision.patch_size**2
-    return min(by_pixels, vision.spatial_merge_size**2 * spec.data.max_prompt_length)
+    """Patches of the largest image one prompt can hold: what the processor makes of ``max_pixels`` (InternVL's:
+    its most tiles, whatever the pixels), or as many as ``max_prompt_length`` image tokens cover (a larger image
+    makes the prompt over-long, and it is dropped)."""
+    largest = spec.image_inputs().settings.largest_patches(spec.data.max_pixels)
+    return min(largest, model_cfg.vision.spatial_merge_size**2 * spec.data.max_prompt_length)
 
 
 def size_programs(spec: config_lib.RunSpec, model_cfg, mesh, cache_limit: int | None) -> list[ProgramSize]:

@@ -126,6 +126,35 @@ def merged(
     return config
 
 
+# InternVL3-8B's Stage 2 in the official scripts (training/examples/internvl3_8b/stage2_text_reasoning.sh): damped
+# "to avoid entropy explosion". EasyR1 warms the learning rate up over lr_warmup_ratio 0.05 of the stage's RL steps
+# (int(0.05 · 375) = 18 on the paper's data); the learner counts optimizer updates, 4 per step.
+INTERNVL3_DAMPED_TEXT_STAGE = dict(learning_rate=3e-7, warmup_steps=18 * 4, kl_coef=5e-2, clip_low=0.15,
+                                   clip_high=0.15, max_grad_norm=0.5)  # fmt: skip
+
+
+def internvl(model_path: str, damped_text_stage: bool = False) -> ConfigDict:
+    """The paper's staged recipe on an InternVL3 / InternVL3.5 checkpoint, with the official scripts' differences:
+    prompts up to 4096 tokens (an InternVL image is up to 13 tiles of 256 tokens; the scripts raise the limit for
+    the image stages, and the text stage's prompts never come near it), and, for InternVL3-8B
+    (``damped_text_stage``), the damped text-reasoning stage (`INTERNVL3_DAMPED_TEXT_STAGE`)."""
+    c = paper(model_path=model_path, family="internvl")
+    c.data.max_prompt_length = 4096
+    c.data.prompt_buckets = (512, 1024, 2048, 4096)
+    if damped_text_stage:
+        c.stages.text_reasoning.learner.update(INTERNVL3_DAMPED_TEXT_STAGE)
+    return c
+
+
+def internvl_merged(model_path: str) -> ConfigDict:
+    """The merged baseline on an InternVL checkpoint as the official scripts run it (internvl3*_8b/merged_baseline.sh):
+    unlike the Qwen runs the vision tower trains, images are pre-resized into at most 500,000 pixels, and prompts
+    stay within 2048 tokens."""
+    c = merged(paper(model_path=model_path, family="internvl"), trainable=ALL_PARAMETERS)
+    c.data.max_pixels = 500_000
+    return c
+
+
 def demo() -> ConfigDict:
     """The CPU testbed: a ~1 M-parameter Qwen2.5-VL, synthetic data, an SFT warm start, then GRPO 1 → 2 → 3.
 

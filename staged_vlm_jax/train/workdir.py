@@ -141,13 +141,13 @@ def _write_synthetic(synthetic: config_lib.SyntheticSpec, workdir: epath.Path) -
 
 
 def tokenizer(spec: config_lib.RunSpec, workdir: epath.Path) -> PreTrainedTokenizerFast:
-    """The run's tokenizer: the offline tiny BPE kept in workdir/tokenizer ("tiny"; built there on first use), a
-    named directory, or the model's own."""
+    """The run's tokenizer: the offline tiny BPE kept in workdir/tokenizer ("tiny"; built there on first use with the
+    model family's special tokens and chat template), a named directory, or the model's own."""
     model = spec.model
     if model.tokenizer == "tiny":
         tiny = workdir / "tokenizer"
         if not (tiny / "tokenizer.json").exists() and jax.process_index() == 0:
-            build_tiny_tokenizer(tiny)
+            build_tiny_tokenizer(tiny, family=model.family)
         barrier("tokenizer written")
         return load_tokenizer(tiny)
     return load_tokenizer(model.tokenizer or model.path)

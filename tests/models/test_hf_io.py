@@ -144,7 +144,8 @@ def test_unknown_model_type_lists_supported(checkpoint, tmp_path):
     config = json.loads((target / "config.json").read_text())
     config["model_type"] = "llava"
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"unsupported model_type 'llava'; supported: \['qwen2_5_vl', 'qwen3_vl'\]"):
+    supported = r"\['internvl', 'qwen2_5_vl', 'qwen3_vl'\]"
+    with pytest.raises(ValueError, match=r"unsupported model_type 'llava'; supported: " + supported):
         models.load_hf(target)
 
 

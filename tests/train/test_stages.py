@@ -226,6 +226,51 @@ def test_a_qwen3_vl_checkpoint_trains_through_every_stage_exports_and_answers_be
     np.testing.assert_allclose(np.asarray(ours(ids.astype(np.int32))), expected, atol=1e-4, rtol=0)
 
 
+def test_an_internvl_checkpoint_trains_through_every_stage_exports_and_answers_benchmarks(tmp_path: Path) -> None:
+    """The third family on the whole path: a tiny InternVL3 HF directory (written by `save_hf`, with the InternVL
+    tiny tokenizer: <img> + 256 <IMG_CONTEXT> per tile + </img>) runs the tiny staged recipe (SFT, then the three
+    GRPO stages: rollout with tiled images, learner, frozen vision tower), answers a benchmark at every stage end,
+    and its export loads in transformers with our logits. (InternVL3.5 differs only in its decoder, which
+    tests/models/test_internvl.py runs through the same model entry points.)"""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from staged_vlm_jax import models
+    from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
+    from tests.eval.benchmark_files import write_mmstar
+
+    source = tmp_path / "internvl"
+    cfg = models.tiny_config("internvl", vocab_size=512)
+    models.save_hf(models.create(cfg, seed=0), cfg, source)
+    build_tiny_tokenizer(source, family="internvl")
+    mmstar = write_mmstar(tmp_path / "MMStar.tsv", 3)
+    config = tmp_path / "internvl_run.py"
+    # A 56-px synthetic image is one tile, 258 prompt tokens: longer prompts than the Qwen runs' 320.
+    config.write_text(f"import runpy\n\ndef get_config():\n    c = runpy.run_path({CONFIG!r})['get_config']()\n"
+                      f"    c.eval.benchmarks = {{'mmstar': {mmstar!r}}}\n    c.data.max_prompt_length = 640\n"
+                      "    c.data.prompt_buckets = (256, 512, 640)\n    return c\n")  # fmt: skip
+    workdir = tmp_path / "run"
+    model = (f"--config.model.path={source}", "--config.model.tokenizer=", "--config.model.family=internvl")
+    command = [*_train_command(workdir)[:4], "--config", str(config), "--workdir", str(workdir), CACHE, *model]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(workdir / "metrics.jsonl")
+    assert [row["global_step"] for row in rows] == list(range(1, 11))
+    assert all(np.isfinite(row["loss"]) for row in rows if "loss" in row)
+    ends = [row["stage"] for row in rows if "bench/mmstar/accuracy" in row]
+    assert ends == ["warm_start", "perception", "text_reasoning", "visual_reasoning"]
+
+    exported = tmp_path / "exported"
+    assert cli.main(["export", "--checkpoint", str(workdir), "--out", str(exported)]) == 0
+    ours, exported_cfg = models.load_hf(exported)
+    assert exported_cfg == cfg
+    theirs = transformers.AutoModelForImageTextToText.from_pretrained(exported, torch_dtype=torch.float32).eval()
+    ids = np.asarray([transformers.AutoTokenizer.from_pretrained(exported)("<think> 3 + 4 </think>")["input_ids"]])
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.from_numpy(ids).long()).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(ids.astype(np.int32))), expected, atol=1e-4, rtol=0)
+
+
 def _raw_item(workdir: Path, step: int, item: str):
     with ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         return m.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item]
