@@ -8,13 +8,28 @@ can learn from 56–112 px images:
   row format (`schema.mcq_problem`); the answer is a letter A–D.
 * ``text_reasoning``: arithmetic and one-variable algebra word problems, text only; integer answers.
 * ``visual_reasoning``: counting plus arithmetic over drawn shapes, and area / perimeter read off a figure on a
-  unit grid; integer answers.
+  unit grid. Like the paper's Stage-3 mix — GeoQA170K and ArxivQA are four-option MCQs, CLEVR-Math is free-form
+  numbers, Math PUMA has both — a fraction `VISUAL_MCQ_FRACTION` (one half, our estimate of that mix) of the rows
+  are four-option MCQs in the Stage-1 format whose options are the answer and three nearby integers (answer: a
+  letter); the rest ask for the integer. Without the MCQs, stage 3 would teach the model that every image question
+  is answered with a number, and perception's letters would vanish for a reason the real data does not have.
+
+Difficulty in [0, 1] (the row's ``pass_rate`` is ``0.95 − 0.8 · difficulty``, so difficulty curricula have
+something to sort by), per capability, and what the testbed's ``max_difficulty=0.3`` keeps:
+
+* perception: colour — (shapes − 1) / 2, 1–3 shapes; count — 0.7 · (count − 1) / 4 + 0.3 · others / 3, 1–5 targets
+  among 0–3 others; position — (shapes − 1) / 3, 1–4 shapes; size — uniform, the size gap to the target shrinking
+  from 0.45 to 0.15 of a cell. At ≤ 0.3: one shape (colour, position), 1–2 targets (count), gaps ≥ 0.36 cells.
+* text_reasoning: 0.6 · operation (add 0, subtract 0.1, multiply 0.3, divide 0.4, two steps 0.5, linear equation
+  0.6) + 0.4 · magnitude (operands ≤ 10, ≤ 50, ≤ 200 → 0, 0.5, 1). At ≤ 0.3: every operation but the equation
+  with operands ≤ 10, and addition / subtraction up to 50.
+* visual_reasoning: total count 0–0.6 (2–9 shapes), count difference 0.3–0.7, points 0.4–1, shapes left after a
+  removal 0.4–0.9, rectangle area 0.4–0.8, perimeter 0.57–0.9, right-triangle area 0.7–1 (by the sizes and numbers
+  involved). At ≤ 0.3: counting 2–5 shapes and "how many more" of 2 against 1 — as MCQ or as a number.
 
 `write_synthetic` writes ``{capability}.jsonl`` and ``images/*.png`` and the data is then read back with
 `sources.read_rows`, so the testbed exercises the same reader, validation and image decoding as real data.
-Every answer is a plain string the paper's ``math`` reward grades exactly. Each row's ``pass_rate`` is a
-difficulty proxy (``0.95 − 0.8 · difficulty``, difficulty in [0, 1] from the number of objects, the size
-of the numbers, the number of steps), so difficulty curricula have something to sort by.
+Every answer is a plain string (an integer or a letter) the paper's ``math`` reward grades exactly.
 
 Generation is deterministic: one NumPy ``Generator`` seeded from (seed, capability) draws every row in order,
 so the same seed gives byte-identical files (for the same NumPy and Pillow versions) and the first k rows of a
@@ -52,6 +67,7 @@ COLOUR_NAMES = tuple(COLOURS)
 SCENE_GRID = 4  # shapes sit in distinct cells of a 4x4 grid, so they never overlap and quadrants are whole cells
 FIGURE_GRID = 7  # unit grid of the geometry figures
 LETTERS = "ABCD"
+VISUAL_MCQ_FRACTION = 0.5  # of visual_reasoning rows asked as four-option MCQs (see the module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,11 +415,21 @@ VISUAL_PROBLEMS: dict[str, VisualProblem] = {
 }
 
 
+def _numeric_distractors(rng: np.random.Generator, answer: int) -> list[str]:
+    """Three distinct non-negative integers within a few of ``answer``: wrong options a miscount would give."""
+    nearby = [answer + offset for offset in (-3, -2, -1, 1, 2, 3, 4) if answer + offset >= 0]
+    return [str(number) for number in _pick(rng, nearby, 3)]
+
+
 @register_generator("visual_reasoning")
 def visual_reasoning_row(rng: np.random.Generator, image_size: int) -> SyntheticRow:
-    """Counting + arithmetic over a drawn scene, or area / perimeter of a figure on a unit grid."""
+    """Counting + arithmetic over a drawn scene, or area / perimeter of a figure on a unit grid; asked as a
+    four-option MCQ (answer: a letter) with probability `VISUAL_MCQ_FRACTION`, else for the integer."""
     kind = tuple(VISUAL_PROBLEMS)[int(rng.integers(len(VISUAL_PROBLEMS)))]
     question, answer, image, difficulty = VISUAL_PROBLEMS[kind](rng, image_size)
+    if rng.random() < VISUAL_MCQ_FRACTION:
+        problem, letter = _mcq(rng, question, str(answer), _numeric_distractors(rng, answer))
+        return SyntheticRow(problem, letter, image, difficulty)
     return SyntheticRow(IMAGE_PLACEHOLDER + question, str(answer), image, difficulty)
 
 

@@ -73,10 +73,25 @@ def test_perception_rows_are_four_option_mcqs_with_balanced_letters(tmp_path):
     assert {example.answer for example in examples} == set("ABCD")
 
 
-def test_visual_and_text_answers_are_integers(tmp_path):
-    for capability in ("text_reasoning", "visual_reasoning"):
-        rows = synthetic.write_synthetic(tmp_path, capability, ROWS, seed=2).read_text().splitlines()
-        assert all(int(json.loads(row)["answer"]) >= 0 for row in rows)
+def test_text_answers_are_integers(tmp_path):
+    rows = synthetic.write_synthetic(tmp_path, "text_reasoning", ROWS, seed=2).read_text().splitlines()
+    assert all(int(json.loads(row)["answer"]) >= 0 for row in rows)
+
+
+def test_visual_rows_mix_mcqs_over_integer_options_and_integer_answers(tmp_path):
+    rows = 400
+    path = synthetic.write_synthetic(tmp_path, "visual_reasoning", rows, seed=2, max_difficulty=0.3)
+    examples = list(read_rows(path, capability="visual_reasoning"))
+    mcqs = [example for example in examples if example.answer in tuple("ABCD")]
+    assert abs(len(mcqs) / rows - synthetic.VISUAL_MCQ_FRACTION) < 0.1  # binomial sd at 400 rows: 0.025
+    assert {example.answer for example in mcqs} == set("ABCD")
+    for example in mcqs:
+        options = dict(
+            line.split(": ", 1) for line in example.problem.splitlines() if line[:3] in ("A: ", "B: ", "C: ", "D: ")
+        )
+        assert len(set(options.values())) == 4 and all(int(option) >= 0 for option in options.values())
+    free_form = [example for example in examples if example not in mcqs]
+    assert free_form and all(int(example.answer) >= 0 and "Options:" not in example.problem for example in free_form)
 
 
 def test_drawn_scene_puts_each_shape_in_its_colour_at_its_cell_centre():
