@@ -80,7 +80,10 @@ def test_run_writes_the_workdir(uninterrupted: Path) -> None:
         train = [row["compile/train_traces"] for row in rows if row["stage"] == stage]
         rollout = [row["compile/rollout_traces"] for row in rows if row["stage"] == stage]
         assert train[0] >= 1 and train == sorted(train), (stage, train)
-        assert rollout == sorted(rollout) and (rollout[0] >= 1) == (stage != "warm_start"), (stage, rollout)
+        assert rollout == sorted(rollout) and (stage != "warm_start" or rollout[0] == 0), (stage, rollout)
+        # The first GRPO stage traces the sampler; a later one may reuse its programs (same buckets: stage 3's MCQ
+        # rows are shaped as stage 1's), which is no recompile.
+        assert stage != "perception" or rollout[0] >= 1, rollout
     assert all(row["data/read_errors"] == 0 for row in rows)
     evaluations = [json.loads(line) for line in (uninterrupted / "eval.jsonl").read_text().splitlines()]
     assert [(row["after"], row["global_step"]) for row in evaluations] == [
