@@ -16,13 +16,15 @@ A row "most common answer" (and its difference from staged) scores a model that 
 gives the held-out set's most common answer: a tiny model that has learnt only the answer prior of each kind of
 prompt lands there, and an arm is only learning the task where it beats that row.
 
-Every arm uses the demo recipe's settings (`recipes.demo`); only the stage layout differs. Runs live in
-``WORKDIR/<arm>/seed<k>``; a finished run leaves ``testbed.json`` (its accuracies and wall time) and is not run
-again, and an interrupted one resumes from its checkpoints. All runs share one compilation cache
-(``WORKDIR/jax_cache``), so only the first run of each arm compiles. The table is also written to
-``WORKDIR/testbed.md``.
+Every arm uses the demo recipe's settings (`recipes.demo`); only the stage layout differs. Every arm starts with
+the same SFT warm start, so with the staged arm in the set the others branch from its run of the seed after that
+stage (`train.branch`: they resume from its warm-start checkpoint, as from an interrupted run of their own) instead
+of training it again: the same result, a third less time. Runs live in ``WORKDIR/<arm>/seed<k>``; a finished run
+leaves ``testbed.json`` (its accuracies and wall time) and is not run again, and an interrupted one resumes from its
+checkpoints. All runs share one compilation cache (``WORKDIR/jax_cache``), so only the first run of each arm
+compiles. The table is also written to ``WORKDIR/testbed.md``.
 
-    python benchmarks/testbed.py --seeds 5 [--arms staged,merged,reverse] [--workdir runs/testbed] [--jobs 1]
+    python benchmarks/testbed.py --seeds 5 [--arms staged,merged,reverse] [--workdir runs/testbed] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ ARMS = {
     "reverse": "configs/demo_reverse.py",
 }
 CAPABILITIES = ("perception", "text_reasoning", "visual_reasoning")
+SOURCE_ARM, SHARED_STAGE = "staged", "warm_start"  # the other arms of a seed branch from this arm's run after it
 RESULT_FILE = "testbed.json"
 # Two-sided 95 % quantiles of Student's t (0.975 quantile) by degrees of freedom. Past 30 the 30 value is used:
 # the quantile falls with the degrees of freedom, so that overstates the interval a little, never understates it.
@@ -113,9 +116,10 @@ def load_config(arm: str):
     return module.get_config()
 
 
-def run_arm(arm: str, seed: int, root: str) -> dict[str, float]:
-    """One run of ``arm`` at ``seed`` to its end (resumed if interrupted), or its recorded result if it finished
-    before; returns capability -> final held-out accuracy in %, and ``wall_s`` (the run's own wall time)."""
+def run_arm(arm: str, seed: int, root: str, branch: bool = False) -> dict[str, float]:
+    """One run of ``arm`` at ``seed`` to its end (resumed if interrupted; with ``branch``, from the end of the
+    source arm's `SHARED_STAGE` of the seed), or its recorded result if it finished before; returns capability ->
+    final held-out accuracy in %, and ``wall_s`` (the run's own wall time)."""
     workdir = Path(root) / arm / f"seed{seed}"
     done = workdir / RESULT_FILE
     if done.exists():
@@ -127,7 +131,8 @@ def run_arm(arm: str, seed: int, root: str) -> dict[str, float]:
     config.data.synthetic.seed = seed
     config.compilation_cache = str(Path(root) / "jax_cache")
     start = time.perf_counter()
-    final = StagedRun(config, workdir).run()[-1]
+    source = (Path(root) / SOURCE_ARM / f"seed{seed}", SHARED_STAGE) if branch else None
+    final = StagedRun(config, workdir, branch_from=source).run()[-1]
     result = {c: 100.0 * final[f"heldout_{c}"]["accuracy"] for c in CAPABILITIES}
     result["wall_s"] = time.perf_counter() - start
     done.write_text(json.dumps(result, sort_keys=True) + "\n")
@@ -145,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per arm")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--workdir", default="runs/testbed")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each in its own process)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, each in its own process (two on 2 "
+                        "cores: one run's host work overlaps the other's compute)")  # fmt: skip
     args = parser.parse_args(argv)
     arms = args.arms.split(",")
     unknown = sorted(set(arms) - set(ARMS))
@@ -154,14 +160,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = str(Path(args.workdir).resolve())
     # A fresh process per run (spawned: JAX does not survive a fork) keeps runs from sharing JAX state or memory.
     context = multiprocessing.get_context("spawn")
-    results: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    start = time.perf_counter()
+    results: dict[str, list[dict[str, float]]] = {arm: [None] * args.seeds for arm in arms}
+
+    def record(arm: str, seed: int, future: concurrent.futures.Future) -> None:
+        result = results[arm][seed] = future.result()
+        accuracies = ", ".join(f"{c} {result[c]:.1f}" for c in CAPABILITIES)
+        print(f"{arm} seed {seed}: {accuracies} ({result['wall_s'] / 60:.1f} min)", file=sys.stderr, flush=True)
+
+    # The source arm's runs go first; a seed's other arms are queued once its run is done (they branch from it).
+    branch = SOURCE_ARM in arms
+    first = [SOURCE_ARM] if branch else arms
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {(arm, seed): pool.submit(run_arm, arm, seed, root) for seed in range(args.seeds) for arm in arms}
-        for (arm, seed), future in futures.items():
-            result = future.result()
-            results[arm].append(result)
-            accuracies = ", ".join(f"{c} {result[c]:.1f}" for c in CAPABILITIES)
-            print(f"{arm} seed {seed}: {accuracies} ({result['wall_s'] / 60:.1f} min)", file=sys.stderr, flush=True)
+        sources = {(arm, seed): pool.submit(run_arm, arm, seed, root) for seed in range(args.seeds) for arm in first}
+        others = {}
+        for (arm, seed), future in sources.items():
+            record(arm, seed, future)
+            for other in (a for a in arms if a not in first):
+                others[other, seed] = pool.submit(run_arm, other, seed, root, branch)
+        for (arm, seed), future in others.items():
+            record(arm, seed, future)
+    print(f"{len(arms) * args.seeds} runs in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
     # Every arm of a seed holds the same held-out sets (the data seed is the run's).
     held_out = [Path(root) / arms[0] / f"seed{seed}" / "data" / "eval" for seed in range(args.seeds)]
     results["most common answer"] = [{c: most_common_share(d / f"{c}.jsonl") for c in CAPABILITIES} for d in held_out]

@@ -270,6 +270,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="run directory; rerunning on it resumes")
     parser.add_argument("--allow-config-change", action="store_true", help="resume with a config that differs")
     parser.add_argument("--allow-data-change", action="store_true", help="resume although a data file changed")
+    parser.add_argument("--branch-from", metavar="WORKDIR", help="start from another run's stage end instead of "
+                        "training the stages both share (with --branch-after; see train/branch.py)")  # fmt: skip
+    parser.add_argument("--branch-after", metavar="STAGE", help="with --branch-from: the last shared stage")
     parser.add_argument(
         "--distributed",
         action="store_true",
@@ -339,7 +342,10 @@ def _train(args: argparse.Namespace) -> int:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     elif args.coordinator or args.num_processes or args.process_id is not None:
         raise ConfigKeyError("--coordinator / --num-processes / --process-id need --distributed")
-    run = StagedRun(load_config(args.config, args.overrides), args.workdir,
+    if (args.branch_from is None) != (args.branch_after is None):
+        raise ConfigKeyError("--branch-from and --branch-after go together")
+    branch_from = (args.branch_from, args.branch_after) if args.branch_from else None
+    run = StagedRun(load_config(args.config, args.overrides), args.workdir, branch_from=branch_from,
                     allow_config_change=args.allow_config_change, allow_data_change=args.allow_data_change)  # fmt: skip
     run.run()
     if jax.process_index() == 0:
@@ -571,6 +577,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from staged_vlm_jax.data.schema import DataError
     from staged_vlm_jax.data.tokenizer import TokenizerError
     from staged_vlm_jax.models import CheckpointError, ConfigError
+    from staged_vlm_jax.train.branch import BranchError
     from staged_vlm_jax.train.checkpoint import IncompatibleCheckpointError
     from staged_vlm_jax.train.config import ConfigKeyError
     from staged_vlm_jax.train.metrics import MetricsFileError
@@ -580,7 +587,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
 
     return (ConfigKeyError, ConfigMismatchError, DataChangedError, ConfigError, DataError, TokenizerError,
             CheckpointError, IncompatibleCheckpointError, DamagedCheckpointsError, CollapseError, MetricsFileError,
-            FileNotFoundError, FileExistsError)  # fmt: skip
+            BranchError, FileNotFoundError, FileExistsError)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -47,11 +47,12 @@ def write_atomic(path: epath.Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _copy_tree(source: epath.Path, target: epath.Path) -> None:
+def copy_tree(source: epath.Path, target: epath.Path) -> None:
+    """Copies the directory ``source``'s files into ``target`` (created; existing files overwritten)."""
     target.mkdir(parents=True, exist_ok=True)
     for child in source.iterdir():
         if child.is_dir():
-            _copy_tree(child, target / child.name)
+            copy_tree(child, target / child.name)
         else:
             child.copy(target / child.name, overwrite=True)
 
@@ -61,7 +62,7 @@ def move(source: epath.Path, target: epath.Path) -> None:
     stores, which have no directories to rename, a copy of every file and then the removal of ``source``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if is_remote(source):
-        _copy_tree(source, target)
+        copy_tree(source, target)
         source.rmtree()
     else:
         source.rename(target)
@@ -75,7 +76,7 @@ def local_copy(path: PathLike) -> Iterator[epath.Path]:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="staged_vlm_") as tmp:
-        _copy_tree(path, epath.Path(tmp))
+        copy_tree(path, epath.Path(tmp))
         yield epath.Path(tmp)
 
 
@@ -89,4 +90,4 @@ def staged_output(path: PathLike) -> Iterator[epath.Path]:
         return
     with tempfile.TemporaryDirectory(prefix="staged_vlm_") as tmp:
         yield epath.Path(tmp)
-        _copy_tree(epath.Path(tmp), path)
+        copy_tree(epath.Path(tmp), path)

@@ -9,7 +9,8 @@ greedy evaluation on the held-out sets. Step t of the run draws its randomness f
 Resume: the workdir's latest checkpoint names the stage, the step within it and the prompt iterator's state;
 the run rebuilds that stage exactly (weights, optimizer, reference, data position) and continues, truncating
 metrics.jsonl to the checkpoint's step, so an interrupted run writes the same metrics and ends with the same
-weights as an uninterrupted one. A changed config is refused (naming the keys) unless explicitly allowed.
+weights as an uninterrupted one. A changed config is refused (naming the keys) unless explicitly allowed. A run
+branched from another (``branch_from``, `branch`) resumes the same way from the other run's stage end.
 
 Workdir (see `workdir`): ``config.json``, ``metrics.jsonl``, ``data_errors.jsonl`` (rows dropped, with reasons),
 ``tensorboard/``, ``checkpoints/``, ``eval.jsonl``, ``results.md``, ``plots/`` (by `staged-vlm plot`),
@@ -41,6 +42,7 @@ from staged_vlm_jax.rl.rewards import RewardPool
 from staged_vlm_jax.rl.rollout import RolloutEngine
 from staged_vlm_jax.train import config as config_lib
 from staged_vlm_jax.train import workdir as workdir_lib
+from staged_vlm_jax.train.branch import branch
 from staged_vlm_jax.train.checkpoint import Checkpointer, IncompatibleCheckpointError, silence_cancelled_reads
 from staged_vlm_jax.train.evaluation import HeldOutEvaluation
 from staged_vlm_jax.train.export import abstract_model, model_config
@@ -88,11 +90,14 @@ class StagedRun:
         config: ml_collections.ConfigDict,
         workdir: PathLike,
         *,
+        branch_from: tuple[PathLike, str] | None = None,
         allow_config_change: bool = False,
         allow_data_change: bool = False,
     ) -> None:
         self.workdir = as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if branch_from is not None:  # (source workdir, last shared stage): `branch.branch`
+            branch(config, self.workdir, *branch_from)
         self.spec = config_lib.resolve(config, self.workdir)
         if self.spec.eval.benchmarks and jax.process_count() > 1:  # every process would append the same answers
             raise config_lib.ConfigKeyError("config.eval.benchmarks: stage-end benchmarks run in one process; score "

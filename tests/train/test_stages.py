@@ -317,6 +317,67 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 
 
 @pytest.mark.slow
+def test_a_branch_after_a_shared_stage_ends_as_the_run_that_trained_it(uninterrupted: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "branched"
+    # Where and how often checkpoints are kept may differ: it does not change what trains.
+    branched = _train(workdir, "--config.checkpoint.keep=3", "--branch-from", str(uninterrupted), "--branch-after",
+                      "perception")  # fmt: skip
+    assert f"branched from {uninterrupted}: its stage perception ended at step 6" in branched.stderr
+    assert "stage 1/4" not in branched.stderr and "stage 2/4" not in branched.stderr  # the shared stages
+    assert "stage 3/4 text_reasoning" in branched.stderr
+    _assert_same_run(workdir, uninterrupted, tmp_path)
+    # The finished branch holds its own checkpoints: a rerun resumes it and copies nothing.
+    assert "branched from" not in _train(workdir, "--config.checkpoint.keep=3", "--branch-from", str(uninterrupted),
+                                         "--branch-after", "perception").stderr  # fmt: skip
+
+
+REVERSED = "--config.schedule=('warm_start', 'visual_reasoning', 'text_reasoning', 'perception')"
+
+
+@pytest.mark.slow
+def test_another_stage_order_branches_from_the_shared_warm_start(uninterrupted: Path, tmp_path: Path) -> None:
+    """The testbed's ablations: 3 -> 2 -> 1 from the staged run's warm start. The unshared stages may be set
+    differently (perception runs 2 steps here, 4 in the source)."""
+    workdir = tmp_path / "reversed"
+    _train(workdir, REVERSED, "--config.stages.perception.steps=2", "--branch-from", str(uninterrupted),
+           "--branch-after", "warm_start")  # fmt: skip
+    rows, source = read_metrics(workdir / "metrics.jsonl"), read_metrics(uninterrupted / "metrics.jsonl")
+    assert _deterministic(rows[:2]) == _deterministic(source[:2])  # the source's warm start, not a retrained one
+    assert [row["stage"] for row in rows[2:]] == ["visual_reasoning"] * 2 + ["text_reasoning"] * 2 + ["perception"] * 2
+    evaluations = (workdir / "eval.jsonl").read_text().splitlines()
+    assert evaluations[0] == (uninterrupted / "eval.jsonl").read_text().splitlines()[0]  # after warm_start, step 2
+    assert [json.loads(line)["after"] for line in evaluations[1:]] == [
+        "visual_reasoning step 1", "visual_reasoning", "text_reasoning", "perception"]  # fmt: skip
+    assert (workdir / "data").is_dir() and (workdir / "tokenizer" / "tokenizer.json").exists()  # the source's
+
+
+@pytest.mark.slow
+def test_a_branch_refuses_what_would_not_be_the_same_run(uninterrupted: Path, tmp_path: Path, capsys) -> None:
+    def error(*arguments: str, source: Path = uninterrupted) -> str:
+        workdir = tmp_path / f"refused{len(list(tmp_path.iterdir()))}"
+        line = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(workdir), *arguments,
+                                        "--branch-from", str(source)])  # fmt: skip
+        assert not (workdir / "checkpoints").exists(), line  # nothing copied
+        return line
+
+    changed = error("--config.stages.warm_start.learner.learning_rate=0.1", "--config.seed=3", "--branch-after",
+                    "warm_start")  # fmt: skip
+    assert f"{uninterrupted / 'config.json'}: the stages up to warm_start ran with another config; " in changed
+    assert changed.endswith("differing keys: seed, stages.warm_start.learner.learning_rate"), changed
+    assert "do not share the stages up to text_reasoning" in error(REVERSED, "--branch-after", "text_reasoning")
+    assert "--branch-after merged: not a stage of this run's schedule" in error("--branch-after", "merged")
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "config.json").write_text((uninterrupted / "config.json").read_text())
+    assert error("--branch-after", "warm_start", source=unfinished).endswith(
+        f"{unfinished / 'checkpoints'}: no checkpoint of the end of stage warm_start (checkpoints: none); finish "
+        "that stage in the source run first")  # fmt: skip
+    assert "not a run's workdir" in error("--branch-after", "warm_start", source=tmp_path)
+    assert cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path / "x"), "--branch-from", "y"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--branch-from and --branch-after go together")
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(uninterrupted: Path, capsys) -> None:
     error = _one_line_error(capsys, ["train", "--config", CONFIG, "--workdir", str(uninterrupted),
                                      "--config.rollout.n=4", "--config.learner.learning_rate=0.1"])  # fmt: skip
