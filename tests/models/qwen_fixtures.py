@@ -1,8 +1,11 @@
-"""Tiny Qwen-VL checkpoints written by transformers (the oracle) and prompts with images."""
+"""Tiny Qwen-VL checkpoints written by transformers (the oracle), prompts with images, and the checks every
+family's cached and shared-prompt passes must pass."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+from flax import nnx
 
 from staged_vlm_jax.data import batch
 from staged_vlm_jax.models import tiny_config
@@ -112,3 +115,46 @@ def stepwise_greedy(model, cfg, ids, mask, pixels, grids, new: int) -> np.ndarra
         seq = np.concatenate([seq, token[:, None]], axis=1)
         seq_mask = np.concatenate([seq_mask, np.ones((len(ids), 1), np.int32)], axis=1)
     return expected
+
+
+def assert_decode_matches_forward(model, cfg, ids, mask, pixels, grids, *, steps: int, atol: float) -> None:
+    """Prefill (images included) then ``steps`` one-token decode steps give the full forward's logits at every
+    position: the last prompt position's only from the prefill, then each new token's; the cache counts them all."""
+    new_tokens = np.random.default_rng(3).integers(0, cfg.image_token_id - 1, (ids.shape[0], steps)).astype(np.int32)
+    full_ids = np.concatenate([ids, new_tokens], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(new_tokens)], axis=1)
+    expected = np.asarray(model(full_ids, full_mask, pixels, grids))
+
+    graphdef, state = nnx.split(model)
+    prefill = jax.jit(lambda s, *a: nnx.merge(graphdef, s).prefill(*a, cache_size=ids.shape[1] + steps))
+    decode = jax.jit(lambda s, tok, cache: nnx.merge(graphdef, s).decode(tok, cache))
+    logits, cache = prefill(state, ids, mask, pixels, grids)
+    assert logits.shape == (ids.shape[0], cfg.text.vocab_size)
+    np.testing.assert_allclose(np.asarray(logits), expected[:, ids.shape[1] - 1], atol=atol, rtol=0)
+    for t in range(steps):
+        step_logits, cache = decode(state, new_tokens[:, t : t + 1], cache)
+        np.testing.assert_allclose(np.asarray(step_logits[:, 0]), expected[:, ids.shape[1] + t], atol=atol, rtol=0,
+                                   err_msg=f"step {t}")  # fmt: skip
+    assert int(cache.length) == ids.shape[1] + steps
+
+
+def assert_grouped_matches_forward(model, cfg, ids, mask, pixels, grids, *, n: int, length: int, atol: float):
+    """The learner's shared-prompt pass (each prompt with its images once, its cache repeated to ``n`` responses of
+    up to ``length`` tokens, right-padded) gives the hidden states of the full forward of every row."""
+    per_row = batch.images_per_row(ids, grids, cfg.image_token_id, cfg.vision.spatial_merge_size)
+    row_pixels, row_grids = batch.per_row_images(pixels, grids, per_row)
+    rng = np.random.default_rng(4)
+    responses = rng.integers(0, cfg.image_token_id - 1, (ids.shape[0] * n, length)).astype(np.int32)
+    lengths = rng.integers(1, length + 1, ids.shape[0] * n)
+    response_mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    responses = np.where(response_mask > 0, responses, cfg.text.pad_token_id)
+
+    repeat = lambda x: np.repeat(x, n, 0)
+    full_ids = np.concatenate([repeat(ids), responses], axis=1)
+    full_mask = np.concatenate([repeat(mask), response_mask], axis=1)
+    expected = model.hidden_states(full_ids, full_mask, repeat(row_pixels), repeat(row_grids))
+    expected = np.asarray(expected)[:, ids.shape[1] - 1 : -1]
+    got = jax.jit(model.grouped_hidden_states)(ids, mask, responses, row_pixels, row_grids)
+    assert got.shape == expected.shape
+    valid = response_mask.astype(bool)  # positions after a row's last token predict nothing
+    np.testing.assert_allclose(np.asarray(got)[valid], expected[valid], atol=atol, rtol=0)

@@ -10,10 +10,17 @@ import pytest
 from flax import nnx
 
 from staged_vlm_jax import models
-from staged_vlm_jax.data.batch import images_per_row, per_row_images
+from staged_vlm_jax.data.batch import per_row_images
 from staged_vlm_jax.models.qwen2_5_vl import rope_positions
 from staged_vlm_jax.models.vision import vision_layout
-from tests.models.qwen_fixtures import image_patches, left_pad, prompt, tiny
+from tests.models.qwen_fixtures import (
+    assert_decode_matches_forward,
+    assert_grouped_matches_forward,
+    image_patches,
+    left_pad,
+    prompt,
+    tiny,
+)
 
 GRIDS = [[(1, 8, 8)], [(1, 6, 4), (1, 4, 12)]]
 
@@ -31,53 +38,15 @@ def model_and_batch():
 
 
 def test_incremental_decode_reproduces_full_forward(model_and_batch):
-    model, cfg, ids, mask, pixels, grids = model_and_batch
-    steps = 8
-    new_tokens = np.random.default_rng(3).integers(0, cfg.image_token_id - 1, (ids.shape[0], steps)).astype(np.int32)
-    full_ids = np.concatenate([ids, new_tokens], axis=1)
-    full_mask = np.concatenate([mask, np.ones_like(new_tokens)], axis=1)
-    expected = np.asarray(model(full_ids, full_mask, pixels, grids))
-
-    graphdef, state = nnx.split(model)
-    prefill = jax.jit(lambda s, *a: nnx.merge(graphdef, s).prefill(*a, cache_size=ids.shape[1] + steps))
-    decode = jax.jit(lambda s, tok, cache: nnx.merge(graphdef, s).decode(tok, cache))
-    logits, cache = prefill(state, ids, mask, pixels, grids)
-    assert logits.shape == (ids.shape[0], cfg.text.vocab_size)  # the last position's only
-    np.testing.assert_allclose(np.asarray(logits), expected[:, ids.shape[1] - 1], atol=1e-4, rtol=0)
-    for t in range(steps):
-        step_logits, cache = decode(state, new_tokens[:, t : t + 1], cache)
-        np.testing.assert_allclose(
-            np.asarray(step_logits[:, 0]),
-            expected[:, ids.shape[1] + t],
-            atol=1e-4,
-            rtol=0,
-            err_msg=f"step {t}",
-        )
-    assert int(cache.length) == ids.shape[1] + steps
+    model, cfg, *batch = model_and_batch
+    assert_decode_matches_forward(model, cfg, *batch, steps=8, atol=1e-4)
 
 
 @pytest.mark.parametrize("length", [1, 6])
 def test_grouped_hidden_states_equal_the_full_forward_of_every_row(model_and_batch, length):
     """Shared-prefix learner forward: each prompt (with its images) once, its cache repeated to n responses."""
-    model, cfg, ids, mask, pixels, grids = model_and_batch
-    n = 3
-    per_row = images_per_row(ids, grids, cfg.image_token_id, 2)
-    row_pixels, row_grids = per_row_images(pixels, grids, per_row)
-    rng = np.random.default_rng(4)
-    responses = rng.integers(0, cfg.image_token_id - 1, (ids.shape[0] * n, length)).astype(np.int32)
-    lengths = rng.integers(1, length + 1, ids.shape[0] * n)
-    response_mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    responses = np.where(response_mask > 0, responses, cfg.text.pad_token_id)
-
-    full_ids = np.concatenate([np.repeat(ids, n, 0), responses], axis=1)
-    full_mask = np.concatenate([np.repeat(mask, n, 0), response_mask], axis=1)
-    repeat = lambda x: np.repeat(x, n, 0)
-    expected = model.hidden_states(full_ids, full_mask, repeat(row_pixels), repeat(row_grids))
-    expected = np.asarray(expected)[:, ids.shape[1] - 1 : -1]
-    got = jax.jit(model.grouped_hidden_states)(ids, mask, responses, row_pixels, row_grids)
-    assert got.shape == expected.shape
-    valid = response_mask.astype(bool)  # positions after a row's last token predict nothing
-    np.testing.assert_allclose(np.asarray(got)[valid], expected[valid], atol=2e-5, rtol=0)
+    model, cfg, *batch = model_and_batch
+    assert_grouped_matches_forward(model, cfg, *batch, n=3, length=length, atol=2e-5)
 
 
 def test_prompt_longer_than_cache_is_refused(model_and_batch):

@@ -16,11 +16,16 @@ from safetensors.numpy import load_file, save_file
 
 from staged_vlm_jax import models
 from staged_vlm_jax.data import images, prompts, tokenizer
-from staged_vlm_jax.data.batch import images_per_row, left_pad, per_row_images
+from staged_vlm_jax.data.batch import left_pad, per_row_images
 from staged_vlm_jax.models.internvl import ConfigError, InternVLConfig, Qwen3TextConfig, VisionConfig
 from staged_vlm_jax.models.sharding import make_mesh, shard_batch
 from staged_vlm_jax.rl import rollout
-from tests.models.qwen_fixtures import hf_model, stepwise_greedy
+from tests.models.qwen_fixtures import (
+    assert_decode_matches_forward,
+    assert_grouped_matches_forward,
+    hf_model,
+    stepwise_greedy,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -248,38 +253,13 @@ def test_unsupported_configs_are_named(case):
 def test_incremental_decode_reproduces_full_forward(pair, batch):
     """Prefill (images included) then one-token decode steps give the full forward's logits."""
     model, _, cfg, _ = pair
-    ids, mask, pixels, grids = batch
-    steps = 4
-    new_tokens = np.random.default_rng(3).integers(0, cfg.image_token_id - 1, (ids.shape[0], steps)).astype(np.int32)
-    full_ids = np.concatenate([ids, new_tokens], axis=1)
-    full_mask = np.concatenate([mask, np.ones_like(new_tokens)], axis=1)
-    expected = np.asarray(model(full_ids, full_mask, pixels, grids))
-
-    graphdef, state = nnx.split(model)
-    prefill = jax.jit(lambda s, *a: nnx.merge(graphdef, s).prefill(*a, cache_size=ids.shape[1] + steps))
-    decode = jax.jit(lambda s, tok, cache: nnx.merge(graphdef, s).decode(tok, cache))
-    logits, cache = prefill(state, ids, mask, pixels, grids)
-    np.testing.assert_allclose(np.asarray(logits), expected[:, ids.shape[1] - 1], atol=SELF_TOLERANCE, rtol=0)
-    for t in range(steps):
-        step_logits, cache = decode(state, new_tokens[:, t : t + 1], cache)
-        np.testing.assert_allclose(np.asarray(step_logits[:, 0]), expected[:, ids.shape[1] + t], atol=SELF_TOLERANCE,
-                                   rtol=0, err_msg=f"step {t}")  # fmt: skip
+    assert_decode_matches_forward(model, cfg, *batch, steps=4, atol=SELF_TOLERANCE)
 
 
 def test_grouped_hidden_states_equal_the_full_forward_of_every_row(pair, batch):
     """The learner's shared-prompt pass on per-row images."""
     model, _, cfg, _ = pair
-    ids, mask, pixels, grids = batch
-    n, length = 2, 3
-    merge = cfg.vision.spatial_merge_size
-    row_pixels, row_grids = per_row_images(pixels, grids, images_per_row(ids, grids, cfg.image_token_id, merge))
-    responses = np.random.default_rng(4).integers(0, cfg.image_token_id - 1, (ids.shape[0] * n, length))
-    repeat = lambda x: np.repeat(x, n, 0)
-    full_ids = np.concatenate([repeat(ids), responses], axis=1)
-    full_mask = np.concatenate([repeat(mask), np.ones_like(responses)], axis=1)
-    expected = np.asarray(model.hidden_states(full_ids, full_mask, repeat(row_pixels), repeat(row_grids)))
-    got = jax.jit(model.grouped_hidden_states)(ids, mask, responses.astype(np.int32), row_pixels, row_grids)
-    np.testing.assert_allclose(np.asarray(got), expected[:, ids.shape[1] - 1 : -1], atol=SELF_TOLERANCE, rtol=0)
+    assert_grouped_matches_forward(model, cfg, *batch, n=2, length=3, atol=SELF_TOLERANCE)
 
 
 @needs_8

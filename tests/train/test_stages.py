@@ -181,11 +181,22 @@ def test_a_hugging_face_directory_trains_resumes_and_exports(uninterrupted: Path
     np.testing.assert_allclose(np.asarray(ours(ids)), expected, atol=1e-4, rtol=0)
 
 
-def test_a_qwen3_vl_checkpoint_trains_through_every_stage_exports_and_answers_benchmarks(tmp_path: Path) -> None:
-    """The second family on the whole path: a Qwen3-VL HF directory (written by `save_hf`) runs the tiny staged
-    recipe (SFT, then the three GRPO stages: rollout with images, learner, frozen vision tower), answers a benchmark
-    at every stage end, and its export loads in transformers with our logits. A config naming another family for
-    the checkpoint is refused before anything loads."""
+# The other families, each with the config lines its prompts need: a 56-px synthetic image is one InternVL tile,
+# 258 prompt tokens, longer prompts than the Qwen runs' 320.
+OTHER_FAMILIES = {
+    "qwen3_vl": "",
+    "internvl": "    c.data.max_prompt_length = 640\n    c.data.prompt_buckets = (256, 512, 640)\n",
+}
+
+
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_another_family_trains_through_every_stage_exports_and_answers_benchmarks(family: str, tmp_path: Path):
+    """Each other family on the whole path: a tiny HF directory of the family (written by `save_hf`, with the
+    family's tiny tokenizer; InternVL's expands an image to <img> + 256 <IMG_CONTEXT> per tile + </img>) runs the
+    tiny staged recipe (SFT, then the three GRPO stages: rollout with images, InternVL's tiled, learner, frozen
+    vision tower), answers a benchmark at every stage end, and its export loads in transformers with our logits. A
+    config naming another family for the checkpoint is refused before anything loads. (InternVL3.5 differs from
+    InternVL3 only in its decoder, which tests/models/test_internvl.py runs through the same model entry points.)"""
     torch = pytest.importorskip("torch")
     import transformers
 
@@ -193,69 +204,25 @@ def test_a_qwen3_vl_checkpoint_trains_through_every_stage_exports_and_answers_be
     from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
     from tests.eval.benchmark_files import write_mmstar
 
-    source = tmp_path / "qwen3_vl"
-    cfg = models.tiny_config("qwen3_vl", vocab_size=512)
+    source = tmp_path / family
+    cfg = models.tiny_config(family, vocab_size=512)
     models.save_hf(models.create(cfg, seed=0), cfg, source)
-    build_tiny_tokenizer(source)
+    build_tiny_tokenizer(source, family=family)
     mmstar = write_mmstar(tmp_path / "MMStar.tsv", 3)
-    config = tmp_path / "qwen3_vl_run.py"
+    config = tmp_path / f"{family}_run.py"
     config.write_text(f"import runpy\n\ndef get_config():\n    c = runpy.run_path({CONFIG!r})['get_config']()\n"
-                      f"    c.eval.benchmarks = {{'mmstar': {mmstar!r}}}\n    return c\n")  # fmt: skip
+                      f"    c.eval.benchmarks = {{'mmstar': {mmstar!r}}}\n"
+                      f"{OTHER_FAMILIES[family]}    return c\n")  # fmt: skip
     model = (f"--config.model.path={source}", "--config.model.tokenizer=")
     train = lambda workdir, *extra: [*_train_command(workdir)[:4], "--config", str(config), "--workdir", str(workdir),
                                      CACHE, *model, *extra]  # fmt: skip
     refused = subprocess.run(train(tmp_path / "refused"), env=_env(), capture_output=True, text=True, timeout=900)
     assert refused.returncode == 2
-    assert "config.model.family: 'qwen2_5_vl', but" in refused.stderr and "'qwen3_vl' checkpoint" in refused.stderr
+    assert "config.model.family: 'qwen2_5_vl', but" in refused.stderr and f"{family!r} checkpoint" in refused.stderr
 
     workdir = tmp_path / "run"
-    done = subprocess.run(train(workdir, "--config.model.family=qwen3_vl"), env=_env(), capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = read_metrics(workdir / "metrics.jsonl")
-    assert [row["global_step"] for row in rows] == list(range(1, 11))
-    assert all(np.isfinite(row["loss"]) for row in rows if "loss" in row)
-    ends = [row["stage"] for row in rows if "bench/mmstar/accuracy" in row]
-    assert ends == ["warm_start", "perception", "text_reasoning", "visual_reasoning"]
-
-    exported = tmp_path / "exported"
-    assert cli.main(["export", "--checkpoint", str(workdir), "--out", str(exported)]) == 0
-    ours, exported_cfg = models.load_hf(exported)
-    assert exported_cfg.model_type == "qwen3_vl"
-    theirs = transformers.AutoModelForImageTextToText.from_pretrained(exported, torch_dtype=torch.float32).eval()
-    ids = np.asarray([transformers.AutoTokenizer.from_pretrained(exported)("<think> 3 + 4 </think>")["input_ids"]])
-    with torch.no_grad():
-        expected = theirs(input_ids=torch.from_numpy(ids).long()).logits.numpy()
-    np.testing.assert_allclose(np.asarray(ours(ids.astype(np.int32))), expected, atol=1e-4, rtol=0)
-
-
-def test_an_internvl_checkpoint_trains_through_every_stage_exports_and_answers_benchmarks(tmp_path: Path) -> None:
-    """The third family on the whole path: a tiny InternVL3 HF directory (written by `save_hf`, with the InternVL
-    tiny tokenizer: <img> + 256 <IMG_CONTEXT> per tile + </img>) runs the tiny staged recipe (SFT, then the three
-    GRPO stages: rollout with tiled images, learner, frozen vision tower), answers a benchmark at every stage end,
-    and its export loads in transformers with our logits. (InternVL3.5 differs only in its decoder, which
-    tests/models/test_internvl.py runs through the same model entry points.)"""
-    torch = pytest.importorskip("torch")
-    import transformers
-
-    from staged_vlm_jax import models
-    from staged_vlm_jax.data.tokenizer import build_tiny_tokenizer
-    from tests.eval.benchmark_files import write_mmstar
-
-    source = tmp_path / "internvl"
-    cfg = models.tiny_config("internvl", vocab_size=512)
-    models.save_hf(models.create(cfg, seed=0), cfg, source)
-    build_tiny_tokenizer(source, family="internvl")
-    mmstar = write_mmstar(tmp_path / "MMStar.tsv", 3)
-    config = tmp_path / "internvl_run.py"
-    # A 56-px synthetic image is one tile, 258 prompt tokens: longer prompts than the Qwen runs' 320.
-    config.write_text(f"import runpy\n\ndef get_config():\n    c = runpy.run_path({CONFIG!r})['get_config']()\n"
-                      f"    c.eval.benchmarks = {{'mmstar': {mmstar!r}}}\n    c.data.max_prompt_length = 640\n"
-                      "    c.data.prompt_buckets = (256, 512, 640)\n    return c\n")  # fmt: skip
-    workdir = tmp_path / "run"
-    model = (f"--config.model.path={source}", "--config.model.tokenizer=", "--config.model.family=internvl")
-    command = [*_train_command(workdir)[:4], "--config", str(config), "--workdir", str(workdir), CACHE, *model]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(train(workdir, f"--config.model.family={family}"), env=_env(), capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_metrics(workdir / "metrics.jsonl")
     assert [row["global_step"] for row in rows] == list(range(1, 11))
