@@ -384,12 +384,21 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=None, help="with a run: the checkpoint step (default: latest)")
     parser.add_argument("--workdir", required=True, help="predictions, scores.json, table1.md; rerunning resumes")
     parser.add_argument("--limit", type=int, default=None, help="only the first N records of each benchmark")
+    _compilation_cache_argument(parser)
     parser.epilog = "Config values are overridden with ml-collections flags, e.g. --config.max_new_tokens=1024."
+
+
+def _compilation_cache_argument(parser: argparse.ArgumentParser) -> None:
+    from staged_vlm_jax.compile_cache import DEFAULT
+
+    parser.add_argument("--compilation-cache", default=DEFAULT, metavar="DIR",
+                        help=f"JAX's persistent compilation cache: a rerun loads its programs, not compiling them "
+                        f"(default {DEFAULT}; '': off)")  # fmt: skip
 
 
 def _eval(args: argparse.Namespace) -> int:
     """Answers and scores the config's benchmarks with the model (`eval.suite`), printing Table 1."""
-    from staged_vlm_jax import models
+    from staged_vlm_jax import compile_cache, models
     from staged_vlm_jax.data.tokenizer import load_tokenizer
     from staged_vlm_jax.eval import suite
     from staged_vlm_jax.models.hf_io import read_config
@@ -403,6 +412,7 @@ def _eval(args: argparse.Namespace) -> int:
     problems = spec.problems()
     if problems:
         raise ConfigKeyError(f"config.{problems[0]}")
+    compile_cache.enable(args.compilation_cache)
     workdir = as_path(args.workdir)
     model_dir, step = model_directory(args.model, workdir / "model", args.step)
     if step is not None:
@@ -443,13 +453,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=None, help="image size bounds (default: staged-vlm eval's)")
     parser.add_argument("--export-dir", default=None, help="with a run: where its checkpoint is exported "
                         "(default: a temporary directory, removed at exit)")  # fmt: skip
+    _compilation_cache_argument(parser)
 
 
 def _serve(args: argparse.Namespace) -> int:
     """Loads the model and serves OpenAI-compatible chat completions until interrupted (`serve`)."""
     import tempfile
 
-    from staged_vlm_jax import models
+    from staged_vlm_jax import compile_cache, models
     from staged_vlm_jax.data.images import image_inputs
     from staged_vlm_jax.data.tokenizer import load_tokenizer
     from staged_vlm_jax.eval.suite import SuiteSpec
@@ -464,6 +475,7 @@ def _serve(args: argparse.Namespace) -> int:
         if step is not None:
             print(f"serve: exported step {step} of {args.model} to {model_dir}", file=sys.stderr)
         family, _ = read_config(model_dir)
+        compile_cache.enable(args.compilation_cache)
         mesh = make_mesh(json.loads(args.mesh))
         model, _ = models.load_hf(model_dir, dtype=args.dtype, mesh=mesh)
         suite = SuiteSpec({})

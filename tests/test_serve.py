@@ -66,10 +66,11 @@ def served(tmp_path_factory):
     build_tiny_tokenizer(model_dir)
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}  # one device, as the reference
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the tiny model's programs compile in under a second
     command = [sys.executable, "-m", "staged_vlm_jax", "serve", "--model", str(model_dir), "--port", str(port),
                "--dtype", "float32", "--max-tokens", "12", "--max-wait-ms", "300", "--max-model-len", "256",
                "--segment", "4", "--allow-local-images", "--min-pixels", str(PIXELS[0]), "--max-pixels",
-               str(PIXELS[1])]  # fmt: skip
+               str(PIXELS[1]), "--compilation-cache", str(root / "jax_cache")]  # fmt: skip
     log = (root / "server.log").open("w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
     base = f"http://127.0.0.1:{port}"
@@ -146,6 +147,11 @@ def test_models_health_and_metrics(served):
     with urllib.request.urlopen(served["base"] + "/health", timeout=30) as response:
         assert json.loads(response.read()) == {"status": "ok"}
     assert {"requests_total", "batch_rows_max", "queue_depth"} <= set(_metrics(served))
+
+
+def test_compiled_programs_are_kept_for_a_restart(served):
+    served["client"].chat.completions.create(model=NAME, messages=QUESTION, max_tokens=2, temperature=0)
+    assert len(list((served["root"] / "jax_cache").iterdir())) >= 2  # at least the decode stream's start and step
 
 
 def test_greedy_completions_equal_rollout_generate(served):

@@ -54,7 +54,9 @@ def branch(config: ml_collections.ConfigDict, workdir: PathLike, source: PathLik
     (perhaps this branch, interrupted): nothing is copied and None is returned, so a rerun resumes it."""
     workdir, source = as_path(workdir), as_path(source)
     checkpoints = workdir / "checkpoints"
-    if checkpoints.exists() and any(child.name.isdigit() for child in checkpoints.iterdir()):
+    has_own = checkpoints.exists() and any(child.name.isdigit() for child in checkpoints.iterdir())
+    barrier("branch target read")  # every process decides on the same workdir, before process 0 copies into it
+    if has_own:
         return None
     current = json.loads(config_lib.canonical(config))
     schedule = list(current["schedule"])

@@ -30,7 +30,7 @@ import ml_collections
 import tqdm
 from flax import nnx
 
-from staged_vlm_jax import models
+from staged_vlm_jax import compile_cache, models
 from staged_vlm_jax.data.pipeline import DataSource, PipelineConfig, PromptIterator, prompt_pipeline
 from staged_vlm_jax.data.screen import OVERLONG, DataErrorLog, DataScreen
 from staged_vlm_jax.eval import benchmarks
@@ -104,7 +104,7 @@ class StagedRun:
                                             "a multi-host run's checkpoints with `staged-vlm eval`")  # fmt: skip
         workdir_lib.check_config(self.workdir, config, allow_config_change)
         self.config_hash = config_lib.config_hash(config)
-        jax.config.update("jax_compilation_cache_dir", self.spec.compilation_cache)
+        compile_cache.enable(self.spec.compilation_cache)
         workdir_lib.write_synthetic_data(self.spec, self.workdir)
         workdir_lib.check_inputs(self.spec)
         self.tokenizer = workdir_lib.tokenizer(self.spec, self.workdir)

@@ -1,5 +1,6 @@
 """Multi-host training: two processes joined by ``jax.distributed`` on localhost (4 fake CPU devices each) run the
-tiny staged config, are SIGKILLed after a checkpoint, resume, and end as one process with 8 devices does.
+tiny staged config, are SIGKILLed after a checkpoint, resume, and end as one process with 8 devices does; two
+processes branched from the one-process run's stage end end as it does too.
 
 Every host runs the same host logic on the same global batch (prompts, sampled tokens, rewards, advantages, metrics,
 evaluation) and fills only its own devices' shards, so everything decided on the host is equal to the one-process
@@ -53,13 +54,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(workdir: Path, kill_after_checkpoint: int | None = None) -> list[str]:
+def _two_processes(workdir: Path, *extra: str, kill_after_checkpoint: int | None = None) -> list[str]:
     """Runs the config as 2 processes × 4 devices; optionally SIGKILLs both once that checkpoint has landed."""
     port = _free_port()
     processes = [
         subprocess.Popen(
             _command(
                 workdir,
+                *extra,
                 "--distributed",
                 "--coordinator",
                 f"127.0.0.1:{port}",
@@ -102,6 +104,20 @@ def test_two_processes_with_a_kill_match_one_process(tmp_path: Path) -> None:
     stderr = _two_processes(workdir)
     assert "stage 2/4 perception" in stderr[0] and "stage 1/4 warm_start" not in stderr[0]  # resumed mid-stage
 
+    _assert_same_run(workdir, single, tmp_path)
+
+    # Branched in two processes from the one-process run after its text-reasoning stage (its checkpoint restored
+    # into the other layout), the run trains only the last stage and ends as that run does.
+    branched = tmp_path / "branched"
+    stderr = _two_processes(branched, "--branch-from", str(single), "--branch-after", "text_reasoning")
+    assert f"branched from {single}" in stderr[0] and "branched from" not in stderr[1]  # process 0 copies
+    assert "stage 4/4 visual_reasoning" in stderr[0] and "stage 3/4" not in stderr[0]
+    _assert_same_run(branched, single, tmp_path)
+
+
+def _assert_same_run(workdir: Path, single: Path, tmp_path: Path) -> None:
+    """Host-decided metrics and evaluations equal to the one-process run's, device floats and weights within the
+    tolerances of the module docstring."""
     rows, expected_rows = read_metrics(workdir / "metrics.jsonl"), read_metrics(single / "metrics.jsonl")
     assert [row["global_step"] for row in rows] == list(range(1, 11))
     for row, expected in zip(rows, expected_rows, strict=True):
@@ -114,9 +130,11 @@ def test_two_processes_with_a_kill_match_one_process(tmp_path: Path) -> None:
     # Evaluations: greedy generations of the same prompts, scored on the host.
     assert (workdir / "eval.jsonl").read_text() == (single / "eval.jsonl").read_text()
     weights = {}
-    for name, run in (("two", workdir), ("one", single)):
-        assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / name)]) == 0
-        weights[name] = load_file(tmp_path / name / "model.safetensors")
-    assert weights["two"].keys() == weights["one"].keys()
+    for name, run in ((workdir.name, workdir), ("one", single)):
+        out = tmp_path / f"{name}_hf"
+        if not out.exists():
+            assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(out)]) == 0
+        weights[name] = load_file(out / "model.safetensors")
+    assert weights[workdir.name].keys() == weights["one"].keys()
     for key, value in weights["one"].items():  # lr-sized noise steps (see the module docstring) at most
-        np.testing.assert_allclose(weights["two"][key], value, atol=2e-2, rtol=0, err_msg=key)
+        np.testing.assert_allclose(weights[workdir.name][key], value, atol=2e-2, rtol=0, err_msg=key)
