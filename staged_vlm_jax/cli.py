@@ -199,11 +199,11 @@ def _data_pass_rate(args: argparse.Namespace) -> int:
     import tempfile
 
     from staged_vlm_jax.data.builders.pass_rate import pass_rate
-    from staged_vlm_jax.rl.rewards import REWARDS, RewardPool
+    from staged_vlm_jax.rl.rewards import RewardPool, problem
     from staged_vlm_jax.train.config import ConfigKeyError, RewardSpec
 
-    if args.reward not in REWARDS:
-        raise ConfigKeyError(f"--reward {args.reward!r} is not a registered reward ({', '.join(sorted(REWARDS))})")
+    if reward_problem := problem(args.reward):
+        raise ConfigKeyError(f"--reward: {reward_problem}")
     if not 0 <= args.shard < args.num_shards:
         raise ConfigKeyError(f"--shard {args.shard} is not in [0, --num-shards {args.num_shards})")
     reward = RewardSpec(args.reward)  # the training defaults: workers, per-answer timeout, limits

@@ -97,8 +97,9 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSpec:
-    """A registered reward (`rewards.REWARDS`) scored in ``num_workers`` processes with a per-item timeout, each
-    worker's memory and each item's CPU time limited by the kernel (`RewardPool`; 0 lifts a limit)."""
+    """A registered reward (`rewards.REWARDS`) or your own (``FILE.py:FUNCTION``), scored in ``num_workers``
+    processes with a per-item timeout, each worker's memory and each item's CPU time limited by the kernel
+    (`RewardPool`; 0 lifts a limit)."""
 
     name: str = "math"
     num_workers: int = 4

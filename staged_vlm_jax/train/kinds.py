@@ -14,10 +14,10 @@ from typing import Any, Protocol
 import jax
 
 from staged_vlm_jax.data.batch import PromptBatch
+from staged_vlm_jax.rl import rewards
 from staged_vlm_jax.rl.advantages import ADVANTAGES
 from staged_vlm_jax.rl.grpo import GRPOTrainer, RolloutConfig
 from staged_vlm_jax.rl.learner import Learner, LearnerConfig
-from staged_vlm_jax.rl.rewards import REWARDS
 from staged_vlm_jax.rl.sft import SFTTrainer, sft_learner_config
 
 StepFunction = Callable[[jax.Array], dict[str, Any]]  # the step's rng -> its metrics
@@ -53,8 +53,8 @@ def _grpo_problems(rollout: RolloutConfig, reward: str) -> list[str]:
     """GRPO needs a registered reward and advantage estimator, and groups: every estimator compares a prompt's n
     responses, so n = 1 gives zero advantages (no learning signal) forever."""
     problems = []
-    if reward not in REWARDS:
-        problems.append(f"reward.name: {reward!r} is not one of {sorted(REWARDS)}")
+    if reward_problem := rewards.problem(reward):
+        problems.append(f"reward.name: {reward_problem}")
     if rollout.advantage not in ADVANTAGES:
         problems.append(f"rollout.advantage: {rollout.advantage!r} is not one of {sorted(ADVANTAGES)}")
     if rollout.n < 2:

@@ -285,6 +285,29 @@ def test_registry():
         rewards.register("math")(scripted_reward)
 
 
+def test_a_reward_of_your_own_from_a_file(tmp_path):
+    """EasyR1's ``FILE.py:FUNCTION``: no registration, the file loaded in each worker process (it need not be an
+    importable module), a missing file or function named before anything runs."""
+    from staged_vlm_jax.rl.grpo import RolloutConfig
+    from staged_vlm_jax.train.kinds import STAGE_KINDS
+
+    path = tmp_path / "my_reward.py"
+    path.write_text("def compute_score(response, ground_truth):\n"
+                    "    hit = float(response.strip() == ground_truth)\n"
+                    "    return {'overall': hit, 'format': 1.0, 'accuracy': hit}\n")  # fmt: skip
+    name = f"{path}:compute_score"
+    assert rewards.get(name)("7", "7") == {"overall": 1.0, "format": 1.0, "accuracy": 1.0}
+    with rewards.RewardPool(name, num_workers=1) as pool:
+        scores, stats = pool.score([" 7", "8"], ["7", "7"])
+    assert [score["accuracy"] for score in scores] == [1.0, 0.0] and stats["reward/errors"] == 0
+    assert STAGE_KINDS["grpo"].problems(RolloutConfig(n=2), name) == []
+    for bad, message in ((f"{tmp_path}/missing.py:compute_score", f"{tmp_path}/missing.py is not a Python file"),
+                         (f"{path}:score", f"{path} defines no function score")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            rewards.get(bad)
+        assert STAGE_KINDS["grpo"].problems(RolloutConfig(n=2), bad) == [f"reward.name: reward {bad}: {message}"]
+
+
 def test_pool_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         rewards.RewardPool("nope")

@@ -298,7 +298,8 @@ def test_data_settings_are_checked_at_start_up(tmp_path: Path, key: str, value, 
 @pytest.mark.parametrize(("section", "key", "value", "message"), [
     ("rollout", "n", 1, r"rollout\.n: 1; GRPO compares a prompt's n responses, so n must be >= 2$"),
     ("rollout", "advantage", "ppo", r"rollout\.advantage: 'ppo' is not one of \['dr_grpo', 'grpo', 'rloo'\]$"),
-    ("reward", "name", "exact", r"reward\.name: 'exact' is not one of \['math', 'math_verify', 'mcq'.*\]$"),
+    ("reward", "name", "exact", r"reward\.name: unknown reward 'exact'; registered rewards: math, math_verify, mcq.*, "
+     r"or a function of your own as FILE\.py:FUNCTION$"),
     ("learner", "learning_rate", -1e-6, r"learner\.learning_rate: -1e-06; must be positive and finite$"),
 ])  # fmt: skip
 def test_stage_settings_are_checked_at_start_up(tmp_path: Path, section: str, key: str, value, message: str) -> None:
