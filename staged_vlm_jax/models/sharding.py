@@ -170,6 +170,15 @@ def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping[str, Mesh
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
 
 
+def active_batch_shards() -> int:
+    """How many ways `constrain` splits the batch axis in the program being traced: the active mesh's batch
+    shards under the active `axis_rules` (1 outside a mesh context)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return 1
+    return batch_shards(mesh, _ACTIVE_RULES.get())
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> NamedSharding:
     """Sharding of an activation/input whose leading axis is the batch."""
     return NamedSharding(mesh, PartitionSpec(rules["batch"], *([None] * (ndim - 1))))

@@ -36,6 +36,7 @@ from staged_vlm_jax.models.layers import (
     scan_layers,
     stack_layers,
 )
+from staged_vlm_jax.models.sharding import active_batch_shards, constrain
 
 # Patches the vision tower encodes at once when given rows of images (see `VisionTransformer.__call__`).
 PATCHES_PER_STEP = 16384
@@ -257,6 +258,23 @@ def interpolated_position_embeddings(table: jax.Array, grid_thw: jax.Array, rota
     return sum(table[indices[:, k]] * weights[:, k, None] for k in range(4))
 
 
+def map_rows(fn, rows, group: int) -> jax.Array:
+    """``fn`` of each row of ``rows`` (arrays with a leading batch axis), ``group`` rows at a time on each device.
+
+    The batch is sharded over the devices in contiguous blocks; a ``lax.map`` over the global row axis would step
+    through rows that live on one device each, and the compiler gathers every row onto every device to do so (for
+    a micro-batch of 16k-patch images, tens of GB, and the tower's work repeated on every device). So the rows are
+    viewed as [shards, rows per shard], the map steps through the second axis and is vmapped over the first,
+    which stays sharded: each device encodes its own rows, ``group`` of them per step."""
+    shards, count = active_batch_shards(), rows[0].shape[0]
+    if shards == 1 or count % shards:
+        return jax.lax.map(lambda row: fn(*row), rows, batch_size=group)
+    pin = lambda x, leading: constrain(x, (*leading, "batch", *(None,) * (x.ndim - len(leading) - 1)))
+    blocks = [jnp.swapaxes(pin(x.reshape(shards, count // shards, *x.shape[1:]), ()), 0, 1) for x in rows]
+    out = jax.lax.map(lambda row: jax.vmap(fn)(*row), tuple(pin(x, (None,)) for x in blocks), batch_size=group)
+    return pin(jnp.swapaxes(out, 0, 1).reshape(count, *out.shape[2:]), ())
+
+
 class VisionTransformer(nnx.Module):
     """Qwen2.5-VL vision tower: flattened patches [N, C·T·P·P] + grid_thw -> merged features [N / m², out_dim]."""
 
@@ -283,11 +301,11 @@ class VisionTransformer(nnx.Module):
         """Packed: pixel_values [N, C·T·P·P], grid_thw [I, 3] -> [N / m², out]. Per row: pixel_values [B, N, ·],
         grid_thw [B, I, 3] (unused image slots all-zero) -> [B, N / m², out], each row encoded on its own, so rows
         shard over the batch axes and micro-batches are plain row slices. Rows go through the tower
-        `PATCHES_PER_STEP` patches' worth at a time (``lax.map`` in vmapped groups): small images all at once,
-        a 16k-patch image alone, so its attention's memory does not multiply by the batch."""
+        `PATCHES_PER_STEP` patches' worth at a time per device (`map_rows`): small images all at once, a 16k-patch
+        image alone, so its attention's memory does not multiply by the batch."""
         if pixel_values.ndim == 3:
             group = max(1, PATCHES_PER_STEP // pixel_values.shape[1])
-            return jax.lax.map(lambda row: self._encode(*row), (pixel_values, grid_thw), batch_size=group)
+            return map_rows(self._encode, (pixel_values, grid_thw), group)
         return self._encode(pixel_values, grid_thw)
 
     def _encode(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:

@@ -142,3 +142,31 @@ def test_the_models_activation_constraints_follow_the_active_rules():
             replicated = constraints()
     assert default == {'[{"data"}, {}, {}]'}
     assert replicated == {"[{}, {}, {}]"}
+
+
+@needs_8
+def test_the_vision_tower_encodes_rows_on_the_devices_that_hold_them(monkeypatch):
+    """Rows of images, sharded over the batch axes (the learner's and engine's layout), go through the tower where
+    they lie, one row per device at a time as a 16k-patch image would: each row encoded as on its own, and the
+    compiled program moves no row between devices. (A map over the global row axis gathered every row onto every
+    device and encoded all of them there: 7 GiB more in Qwen3-VL-8B's image train step by the plan.)"""
+    from staged_vlm_jax.models import vision
+
+    monkeypatch.setattr(vision, "PATCHES_PER_STEP", 64)  # one 8x8-patch image per step
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    cfg = tiny()
+    model = models.create(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    rows, grid = 8, (1, 8, 8)
+    pixels = np.stack([image_patches(rng, cfg, grid) for _ in range(rows)])
+    grids = np.tile(np.array([[grid]], np.int32), (rows, 1, 1))
+    expected = np.stack([np.asarray(model.visual(pixels[i], grids[i])) for i in range(rows)])
+    graphdef, state = nnx.split(model.visual)
+    encode = jax.jit(lambda p, g: nnx.merge(graphdef, state)(p, g))
+    placed = shard_batch(mesh, pixels, grids)
+    with jax.set_mesh(mesh), axis_rules(DEFAULT_RULES):
+        out = encode(*placed)
+        hlo = encode.lower(*placed).compile().as_text()
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=0)
+    assert out.sharding.spec[0] == ("data", "fsdp")
+    assert not [op for op in ("all-gather", "all-to-all", "collective-permute") if op in hlo], hlo
