@@ -64,7 +64,10 @@ def branch(config: ml_collections.ConfigDict, workdir: PathLike, source: PathLik
         raise BranchError(f"--branch-after {after}: not a stage of this run's schedule ({', '.join(schedule)})")
     if not (source / CONFIG_FILE).exists():
         raise BranchError(f"--branch-from {source}: no {CONFIG_FILE}, not a run's workdir")
-    saved = json.loads((source / CONFIG_FILE).read_text())
+    try:
+        saved = json.loads((source / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise BranchError(f"--branch-from {source / CONFIG_FILE}: not a run's config ({error})") from error
     prefix = schedule[: schedule.index(after) + 1]
     if list(saved["schedule"][: len(prefix)]) != prefix:
         raise BranchError(f"{source}: its schedule starts {', '.join(saved['schedule'][: len(prefix)])}, this run's "

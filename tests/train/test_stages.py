@@ -340,6 +340,9 @@ def test_a_branch_refuses_what_would_not_be_the_same_run(uninterrupted: Path, tm
         f"{unfinished / 'checkpoints'}: no checkpoint of the end of stage warm_start (checkpoints: none); finish "
         "that stage in the source run first")  # fmt: skip
     assert "not a run's workdir" in error("--branch-after", "warm_start", source=tmp_path)
+    (unfinished / "config.json").write_text('{"schedule": [')  # cut short
+    assert f"{unfinished / 'config.json'}: not a run's config (" in error("--branch-after", "warm_start",
+                                                                         source=unfinished)  # fmt: skip
     assert cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path / "x"), "--branch-from", "y"]) == 2
     assert capsys.readouterr().err.strip().endswith("--branch-from and --branch-after go together")
 
