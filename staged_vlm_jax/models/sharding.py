@@ -163,20 +163,23 @@ def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping[str, Mesh
     and replicate it over ``fsdp``; outside a mesh context (single device, eager use) it is a no-op, so the models
     stay mesh-agnostic.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+    mesh = _traced_mesh()
+    if mesh is None:
         return x
     rules = _ACTIVE_RULES.get() if rules is None else rules
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
 
 
+def _traced_mesh():
+    """The mesh of the program being traced, when it is one with our axes (``jax.set_mesh``); None otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names) else mesh
+
+
 def active_batch_shards() -> int:
     """How many ways `constrain` splits the batch axis in the program being traced: the active mesh's batch
     shards under the active `axis_rules` (1 outside a mesh context)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
-        return 1
-    return batch_shards(mesh, _ACTIVE_RULES.get())
+    return batch_shards(_traced_mesh(), _ACTIVE_RULES.get())
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> NamedSharding:
